@@ -1,0 +1,31 @@
+//! Tartarus domain types: what a soul asks for, what the judges decide, and what became of it.
+//!
+//! This crate does no I/O. Every other crate speaks in these types.
+//!
+//! Layout:
+//! - [`id`] — sandbox identifiers, checked when they arrive from outside.
+//! - [`soul`] — the request for a sandbox ("soul") and its validation into a [`soul::SandboxSpec`].
+//! - [`verdict`] — the judges' decision recorded with every admitted soul.
+//! - [`sandbox`] — the durable record of a sandbox and the states it moves through.
+//! - [`template`] — templates: root filesystems souls start from.
+//! - [`output`] — stdout/stderr chunks and exit information, for logs and `exec`.
+//! - [`node`] — what a node (Hecatoncheir) reports about itself to Hades.
+#![warn(missing_docs)]
+
+pub mod id;
+pub mod node;
+pub mod output;
+pub mod sandbox;
+pub mod soul;
+pub mod template;
+pub mod verdict;
+
+pub use id::{InvalidId, SandboxId};
+pub use node::NodeInfo;
+pub use output::{ExecRequest, ExitInfo, OutputEvent, Stream};
+pub use sandbox::{KillReason, SandboxRecord, SandboxState, SandboxStats};
+pub use soul::{
+    HeatLevel, HumanDuration, NetworkContract, ResourceClass, Resources, SandboxSpec, SoulRequest, SpecError,
+};
+pub use template::{TemplateName, TemplateRecord};
+pub use verdict::{Ruling, Verdict};

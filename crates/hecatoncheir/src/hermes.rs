@@ -1,0 +1,1 @@
+//! Hermes — reading and following a sandbox's logs.

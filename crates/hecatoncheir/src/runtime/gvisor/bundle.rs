@@ -1,0 +1,90 @@
+//! The OCI runtime bundle (`config.json`) for one gVisor sandbox.
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+
+use crate::erinyes::RUNTIME_OVERHEAD_MIB;
+use crate::runtime::LaunchSpec;
+
+/// Where the session keeper is mounted inside session sandboxes.
+pub const SESSION_INIT: &str = "/.tartarus/init";
+
+/// The bundle's `config.json` for `spec`: the template as root (its writes go to the
+/// overlay), the request's process, limits, and a cgroup the agent has made already.
+pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, cgroup: &str) -> String {
+    let args = match &spec.command {
+        Some(argv) => argv.clone(),
+        // A session: keep the sandbox up with a static binary of the host's, mounted read-only.
+        None => vec![SESSION_INIT.into(), "sleep".into(), "2147483647".into()],
+    };
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build().expect("user"))
+        .args(args)
+        .env(spec.env.clone())
+        .cwd(spec.workdir.clone())
+        .no_new_privileges(true)
+        .build()
+        .expect("process");
+    let root = RootBuilder::default().path(spec.rootfs.clone()).readonly(false).build().expect("root");
+    let mem = ((spec.resources.memory_mib + RUNTIME_OVERHEAD_MIB) * 1024 * 1024) as i64;
+    let resources = LinuxResourcesBuilder::default()
+        .memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build().expect("memory"))
+        .cpu(LinuxCpuBuilder::default().period(100_000u64).quota(i64::from(spec.resources.vcpus) * 100_000).build().expect("cpu"))
+        .pids(LinuxPidsBuilder::default().limit(16_384i64).build().expect("pids"))
+        .build()
+        .expect("resources");
+    let mut spec_out = Spec::default();
+    let mut mounts: Vec<Mount> = spec_out.mounts().clone().unwrap_or_default();
+    if spec.command.is_none() {
+        mounts.push(
+            MountBuilder::default()
+                .destination(SESSION_INIT)
+                .typ("bind")
+                .source(session_init)
+                .options(vec!["rbind".into(), "ro".into()])
+                .build()
+                .expect("mount"),
+        );
+    }
+    let linux = spec_out.linux().clone().unwrap_or_else(|| LinuxBuilder::default().build().expect("linux"));
+    let mut linux = linux;
+    linux.set_cgroups_path(Some(cgroup.into())).set_resources(Some(resources));
+    spec_out
+        .set_hostname(Some("tartarus".into()))
+        .set_process(Some(process))
+        .set_root(Some(root))
+        .set_mounts(Some(mounts))
+        .set_linux(Some(linux));
+    serde_json::to_string_pretty(&spec_out).expect("spec serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tartarus_core::{Resources, SandboxId};
+
+    #[test]
+    fn session_bundles_mount_the_keeper() {
+        let mut spec = LaunchSpec {
+            id: SandboxId::generate(),
+            rootfs: "/t/rootfs".into(),
+            command: None,
+            env: vec!["PATH=/bin".into()],
+            workdir: "/".into(),
+            resources: Resources { vcpus: 2, memory_mib: 64, disk_mib: 10 },
+        };
+        let v: serde_json::Value = serde_json::from_str(&config(&spec, "/bin/busybox".as_ref(), "/tartarus/x")).unwrap();
+        assert_eq!(v["process"]["args"][0], SESSION_INIT);
+        assert_eq!(v["root"]["path"], "/t/rootfs");
+        assert_eq!(v["linux"]["cgroupsPath"], "/tartarus/x");
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], (64 + RUNTIME_OVERHEAD_MIB) * 1024 * 1024);
+        assert!(v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == SESSION_INIT));
+        spec.command = Some(vec!["echo".into(), "hi".into()]);
+        let v: serde_json::Value = serde_json::from_str(&config(&spec, "/bin/busybox".as_ref(), "/tartarus/x")).unwrap();
+        assert_eq!(v["process"]["args"], serde_json::json!(["echo", "hi"]));
+        assert!(!v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == SESSION_INIT));
+    }
+}

@@ -1,0 +1,338 @@
+//! The gVisor runtime: sandboxes run by `runsc`, a user-space kernel between the tenant's code
+//! and the host.
+//!
+//! Each sandbox gets an OCI bundle ([`bundle`]) over the template's root filesystem, which
+//! `runsc` wraps in an overlay whose upper layer lives in the sandbox's `lethe/` directory
+//! (memory, on older `runsc`), so the template is never written. The platform is chosen at
+//! start: `systrap` where this `runsc` has it, `ptrace` otherwise; `kvm` only when asked.
+
+pub mod bundle;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use tartarus_core::{SandboxId, SandboxStats};
+use tokio::process::Command;
+
+use super::{ExecSpec, LaunchSpec, MainCommand, Runtime, RuntimeError, RuntimeStatus};
+use crate::erinyes::{Cgroup, CgroupVersion};
+use crate::lethe::SandboxDir;
+
+/// Where Tartarus's own copy of a newer `runsc` is installed by `scripts/setup.sh`.
+pub const BUNDLED_RUNSC: &str = "/usr/local/lib/tartarus/runsc";
+
+/// gVisor's platforms (how the Sentry intercepts system calls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// seccomp-based trapping; fastest without hardware virtualisation.
+    Systrap,
+    /// `PTRACE_SYSEMU`; works everywhere, slowest.
+    Ptrace,
+    /// Hardware virtualisation; needs a KVM that runs normal guests.
+    Kvm,
+}
+
+impl Platform {
+    /// The name `runsc --platform` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Systrap => "systrap",
+            Self::Ptrace => "ptrace",
+            Self::Kvm => "kvm",
+        }
+    }
+
+    /// Parses a platform name (`auto` is `None`).
+    pub fn parse(s: &str) -> Result<Option<Self>, String> {
+        match s {
+            "auto" => Ok(None),
+            "systrap" => Ok(Some(Self::Systrap)),
+            "ptrace" => Ok(Some(Self::Ptrace)),
+            "kvm" => Ok(Some(Self::Kvm)),
+            other => Err(format!("unknown gVisor platform {other:?} (auto, systrap, ptrace, kvm)")),
+        }
+    }
+}
+
+/// How to set the gVisor runtime up.
+#[derive(Debug, Clone)]
+pub struct GvisorConfig {
+    /// The `runsc` binary; `None` picks [`BUNDLED_RUNSC`], else `runsc` on `PATH`.
+    pub runsc: Option<PathBuf>,
+    /// The platform; `None` chooses automatically.
+    pub platform: Option<Platform>,
+    /// `runsc --root`: where runsc keeps its state for this agent.
+    pub state_root: PathBuf,
+    /// A static binary mounted into session sandboxes to keep them up (`busybox sleep`).
+    pub session_init: PathBuf,
+    /// Where the cgroup hierarchies are mounted.
+    pub cgroup_mount: PathBuf,
+}
+
+/// What was learnt about a `runsc` binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunscInfo {
+    /// The binary.
+    pub path: PathBuf,
+    /// Its version, e.g. `0.0~20240729.0`.
+    pub version: String,
+    /// Whether it offers the systrap platform.
+    pub has_systrap: bool,
+    /// Whether `--overlay2` accepts `dir=` (a disk-backed upper layer).
+    pub overlay_dir: bool,
+}
+
+impl RunscInfo {
+    /// Finds and probes `runsc` (the given path, else [`BUNDLED_RUNSC`], else `PATH`).
+    pub fn probe(explicit: Option<&Path>) -> Result<Self, String> {
+        let path = match explicit {
+            Some(p) => p.to_owned(),
+            None if Path::new(BUNDLED_RUNSC).exists() => PathBuf::from(BUNDLED_RUNSC),
+            None => which("runsc").ok_or("runsc not found: install it with scripts/setup.sh (or apt-get install runsc)")?,
+        };
+        let out = std::process::Command::new(&path).arg("--version").output().map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = text
+            .lines()
+            .find_map(|l| l.strip_prefix("runsc version "))
+            .ok_or_else(|| format!("{} --version printed no version", path.display()))?
+            .trim()
+            .to_owned();
+        let flags = std::process::Command::new(&path).arg("flags").output().map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+        let flags = String::from_utf8_lossy(&flags.stdout) + String::from_utf8_lossy(&flags.stderr);
+        Ok(Self { path, version, has_systrap: flags.contains("systrap"), overlay_dir: flags.contains("dir=") })
+    }
+}
+
+/// Finds a program on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// The gVisor runtime.
+#[derive(Debug)]
+pub struct Gvisor {
+    runsc: RunscInfo,
+    platform: Platform,
+    state_root: PathBuf,
+    session_init: PathBuf,
+    cgroup_mount: PathBuf,
+    cgroups: CgroupVersion,
+}
+
+/// Creating the gVisor runtime failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GvisorSetupError {
+    /// `runsc` is missing or broken.
+    #[error("gVisor: {0}")]
+    Runsc(String),
+    /// The state directory cannot be made.
+    #[error("gVisor state directory {path}")]
+    StateRoot {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cgroup layout cannot be read.
+    #[error("cannot read the cgroup layout at {path}")]
+    Cgroups {
+        /// The mount.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Gvisor {
+    /// Probes `runsc` and the host and prepares the runtime.
+    pub fn new(cfg: GvisorConfig) -> Result<Self, GvisorSetupError> {
+        let runsc = RunscInfo::probe(cfg.runsc.as_deref()).map_err(GvisorSetupError::Runsc)?;
+        let platform = match cfg.platform {
+            Some(Platform::Systrap) if !runsc.has_systrap => {
+                return Err(GvisorSetupError::Runsc(format!(
+                    "runsc {} has no systrap platform; install a newer runsc with scripts/setup.sh or use --platform ptrace",
+                    runsc.version
+                )))
+            }
+            Some(p) => p,
+            None if runsc.has_systrap => Platform::Systrap,
+            None => Platform::Ptrace,
+        };
+        std::fs::create_dir_all(&cfg.state_root).map_err(|source| GvisorSetupError::StateRoot { path: cfg.state_root.clone(), source })?;
+        let cgroups = CgroupVersion::detect(&cfg.cgroup_mount).map_err(|source| GvisorSetupError::Cgroups { path: cfg.cgroup_mount.clone(), source })?;
+        Ok(Self { runsc, platform, state_root: cfg.state_root, session_init: cfg.session_init, cgroup_mount: cfg.cgroup_mount, cgroups })
+    }
+
+    /// The probed `runsc`.
+    pub fn runsc(&self) -> &RunscInfo {
+        &self.runsc
+    }
+
+    /// The platform in use.
+    pub fn platform(&self) -> Platform {
+        self.platform
+    }
+
+    /// The cgroup of sandbox `id`.
+    pub fn cgroup(&self, id: &SandboxId) -> Cgroup {
+        Cgroup::new(&self.cgroup_mount, self.cgroups, &format!("/tartarus/{id}"))
+    }
+
+    fn base_args(&self) -> Vec<String> {
+        vec!["--root".into(), self.state_root.display().to_string()]
+    }
+
+    /// Flags that shape a new sandbox (given to `run` and `restore`).
+    fn sandbox_args(&self, dir: &SandboxDir) -> Vec<String> {
+        let mut a = self.base_args();
+        a.push(format!("--platform={}", self.platform.as_str()));
+        a.push("--network=none".into());
+        a.push(if self.runsc.overlay_dir {
+            format!("--overlay2=root:dir={}", dir.writable().display())
+        } else {
+            "--overlay2=root:memory".into()
+        });
+        a
+    }
+
+    fn command(&self, args: &[String]) -> Command {
+        let mut c = Command::new(&self.runsc.path);
+        c.args(self.base_args()).args(args).stdin(Stdio::null()).kill_on_drop(true);
+        c
+    }
+
+    /// Runs `runsc --root … <args>` and returns its stdout, or its stderr as the refusal.
+    async fn runsc_ok(&self, operation: &str, args: &[String]) -> Result<String, RuntimeError> {
+        let out = self
+            .command(args)
+            .output()
+            .await
+            .map_err(|source| RuntimeError::Spawn { program: self.runsc.path.display().to_string(), source })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            Err(RuntimeError::Refused { operation: format!("runsc {operation}"), message })
+        }
+    }
+
+    fn not_found(e: &RuntimeError) -> bool {
+        matches!(e, RuntimeError::Refused { message, .. } if message.contains("does not exist") || message.contains("not found"))
+    }
+
+    fn prepare(&self, spec: &LaunchSpec, dir: &SandboxDir) -> Result<(), RuntimeError> {
+        dir.create().map_err(|source| RuntimeError::Prepare { path: dir.root().to_owned(), source })?;
+        let cgroup = self.cgroup(&spec.id);
+        cgroup.create(&spec.resources, 16_384)?;
+        let config = bundle::config(spec, &self.session_init, cgroup.rel());
+        let path = dir.bundle().join("config.json");
+        crate::lethe::write_atomic(&path, config.as_bytes()).map_err(|source| RuntimeError::Prepare { path, source })
+    }
+}
+
+#[async_trait]
+impl Runtime for Gvisor {
+    fn name(&self) -> &'static str {
+        "gvisor"
+    }
+
+    fn describe(&self) -> String {
+        format!("runsc {} ({}), platform {}", self.runsc.version, self.runsc.path.display(), self.platform.as_str())
+    }
+
+    async fn create(&self, spec: &LaunchSpec, dir: &SandboxDir) -> Result<MainCommand, RuntimeError> {
+        self.prepare(spec, dir)?;
+        let mut argv = vec![self.runsc.path.display().to_string()];
+        argv.extend(self.sandbox_args(dir));
+        argv.extend(["run".into(), "--bundle".into(), dir.bundle().display().to_string(), spec.id.to_string()]);
+        Ok(MainCommand { argv })
+    }
+
+    async fn exec(&self, id: &SandboxId, spec: &ExecSpec) -> Result<tokio::process::Child, RuntimeError> {
+        let mut args: Vec<String> = vec!["exec".into(), "--cwd".into(), spec.workdir.clone()];
+        for e in &spec.env {
+            args.push("--env".into());
+            args.push(e.clone());
+        }
+        args.push(id.to_string());
+        args.extend(spec.command.iter().cloned());
+        self.command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| RuntimeError::Spawn { program: self.runsc.path.display().to_string(), source })
+    }
+
+    async fn kill(&self, id: &SandboxId, signal: i32, all: bool) -> Result<(), RuntimeError> {
+        let mut args = vec!["kill".to_owned()];
+        if all {
+            args.push("--all".into());
+        }
+        args.extend([id.to_string(), signal.to_string()]);
+        match self.runsc_ok("kill", &args).await {
+            Err(e) if Self::not_found(&e) => Err(RuntimeError::NotFound(id.clone())),
+            other => other.map(drop),
+        }
+    }
+
+    async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.runsc_ok("pause", &["pause".into(), id.to_string()]).await.map(drop)
+    }
+
+    async fn resume(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.runsc_ok("resume", &["resume".into(), id.to_string()]).await.map(drop)
+    }
+
+    async fn checkpoint(&self, id: &SandboxId, image_dir: &Path) -> Result<(), RuntimeError> {
+        std::fs::create_dir_all(image_dir).map_err(|source| RuntimeError::Prepare { path: image_dir.to_owned(), source })?;
+        let args = ["checkpoint".into(), "--leave-running".into(), format!("--image-path={}", image_dir.display()), id.to_string()];
+        self.runsc_ok("checkpoint", &args).await.map(drop)
+    }
+
+    async fn restore(&self, spec: &LaunchSpec, dir: &SandboxDir, image_dir: &Path) -> Result<MainCommand, RuntimeError> {
+        self.prepare(spec, dir)?;
+        let mut argv = vec![self.runsc.path.display().to_string()];
+        argv.extend(self.sandbox_args(dir));
+        argv.extend([
+            "restore".into(),
+            format!("--image-path={}", image_dir.display()),
+            "--bundle".into(),
+            dir.bundle().display().to_string(),
+            spec.id.to_string(),
+        ]);
+        Ok(MainCommand { argv })
+    }
+
+    async fn status(&self, id: &SandboxId) -> Result<Option<RuntimeStatus>, RuntimeError> {
+        let out = match self.runsc_ok("state", &["state".into(), id.to_string()]).await {
+            Err(e) if Self::not_found(&e) => return Ok(None),
+            other => other?,
+        };
+        let state: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|e| RuntimeError::Refused { operation: "runsc state".into(), message: format!("unreadable output: {e}") })?;
+        Ok(match state["status"].as_str() {
+            Some("creating") | Some("created") => Some(RuntimeStatus::Creating),
+            Some("running") => Some(RuntimeStatus::Running),
+            Some("paused") => Some(RuntimeStatus::Paused),
+            Some("stopped") => Some(RuntimeStatus::Stopped),
+            _ => None,
+        })
+    }
+
+    async fn stats(&self, id: &SandboxId) -> Result<SandboxStats, RuntimeError> {
+        Ok(self.cgroup(id).stats())
+    }
+
+    async fn destroy(&self, id: &SandboxId) -> Result<SandboxStats, RuntimeError> {
+        match self.runsc_ok("delete", &["delete".into(), "--force".into(), id.to_string()]).await {
+            Err(e) if !Self::not_found(&e) => return Err(e),
+            _ => {}
+        }
+        let cgroup = self.cgroup(id);
+        Ok(tokio::task::spawn_blocking(move || cgroup.remove()).await.expect("cgroup task panicked")?)
+    }
+}

@@ -1,0 +1,165 @@
+//! The runtime trait ("Tartarus"): the lifecycle every isolation backend implements.
+//!
+//! The agent never runs an isolation tool directly; it asks a [`Runtime`] to prepare a
+//! sandbox ([`Runtime::create`]), hands the main command it returns to a [`crate::shim`]
+//! ([`Runtime::start`]), and uses the rest of the trait for everything after.
+
+pub mod gvisor;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tartarus_core::{Resources, SandboxId, SandboxStats};
+
+use crate::lethe::SandboxDir;
+use crate::shim::{ShimHandle, ShimSpec};
+
+/// Everything a runtime needs to prepare one sandbox.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The sandbox.
+    pub id: SandboxId,
+    /// The template's root filesystem (read-only; never written).
+    pub rootfs: PathBuf,
+    /// The main process; `None` keeps the sandbox up for `exec` (a session).
+    pub command: Option<Vec<String>>,
+    /// Environment as `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox.
+    pub workdir: String,
+    /// Limits.
+    pub resources: Resources,
+}
+
+/// The command that runs a sandbox's main process to its end; the shim runs it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MainCommand {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+}
+
+/// A further process to run inside a running sandbox.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    /// argv.
+    pub command: Vec<String>,
+    /// Environment as `KEY=VALUE` (the sandbox's, then the request's).
+    pub env: Vec<String>,
+    /// Working directory.
+    pub workdir: String,
+}
+
+/// What a runtime reports about a sandbox it knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeStatus {
+    /// Being created.
+    Creating,
+    /// Running.
+    Running,
+    /// Frozen.
+    Paused,
+    /// Its main process ended; resources not yet released.
+    Stopped,
+}
+
+/// A runtime operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The runtime's tool could not be started.
+    #[error("cannot run {program}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime's tool ran and refused.
+    #[error("{operation} failed: {message}")]
+    Refused {
+        /// What was asked (`runsc pause`, …).
+        operation: String,
+        /// What it said.
+        message: String,
+    },
+    /// Preparing files for the sandbox failed.
+    #[error("preparing {path}")]
+    Prepare {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime does not know this sandbox.
+    #[error("the runtime has no sandbox {0}")]
+    NotFound(SandboxId),
+    /// A cgroup operation failed.
+    #[error(transparent)]
+    Cgroup(#[from] crate::erinyes::CgroupError),
+}
+
+/// The lifecycle of an isolation backend.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// Short name (`gvisor`).
+    fn name(&self) -> &'static str;
+
+    /// Version and mode, e.g. `runsc 0.0~20240729.0, platform systrap`.
+    fn describe(&self) -> String;
+
+    /// Prepares the sandbox in `dir` (bundle, writable layer, cgroup) without running it,
+    /// and returns the command that runs its main process to the end.
+    async fn create(&self, spec: &LaunchSpec, dir: &SandboxDir) -> Result<MainCommand, RuntimeError>;
+
+    /// Starts the main process under a detached shim, so it outlives the agent.
+    async fn start(&self, dir: &SandboxDir, main: &MainCommand, shim_exe: &Path) -> Result<ShimHandle, RuntimeError> {
+        ShimSpec { argv: main.argv.clone(), stdout: dir.stdout(), stderr: dir.stderr(), exit_file: dir.exit_file() }
+            .spawn(shim_exe, dir)
+            .map_err(|source| RuntimeError::Spawn { program: shim_exe.display().to_string(), source })
+    }
+
+    /// Starts `spec` inside running sandbox `id`; stdout and stderr are piped, stdin is null.
+    async fn exec(&self, id: &SandboxId, spec: &ExecSpec) -> Result<tokio::process::Child, RuntimeError>;
+
+    /// Sends `signal` to the main process (and, with `all`, every process) of `id`.
+    async fn kill(&self, id: &SandboxId, signal: i32, all: bool) -> Result<(), RuntimeError>;
+
+    /// Freezes every process of `id`.
+    async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+
+    /// Thaws `id`.
+    async fn resume(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+
+    /// Saves the state of `id` to `image_dir` (the sandbox keeps running unless the runtime says otherwise).
+    async fn checkpoint(&self, id: &SandboxId, image_dir: &Path) -> Result<(), RuntimeError>;
+
+    /// Prepares a sandbox that resumes from `image_dir` instead of starting fresh; start it with [`Runtime::start`].
+    async fn restore(&self, spec: &LaunchSpec, dir: &SandboxDir, image_dir: &Path) -> Result<MainCommand, RuntimeError>;
+
+    /// What the runtime knows of `id` (`None`: nothing).
+    async fn status(&self, id: &SandboxId) -> Result<Option<RuntimeStatus>, RuntimeError>;
+
+    /// Resource use of `id` now.
+    async fn stats(&self, id: &SandboxId) -> Result<SandboxStats, RuntimeError>;
+
+    /// Releases everything `id` holds (processes, runtime state, cgroup); idempotent.
+    async fn destroy(&self, id: &SandboxId) -> Result<SandboxStats, RuntimeError>;
+
+    /// How long `kill` is given before [`Runtime::destroy`] is used instead.
+    fn kill_grace(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
+/// Joins environment maps into `KEY=VALUE` strings, later maps overriding earlier ones.
+pub fn env_list<'a>(maps: impl IntoIterator<Item = &'a BTreeMap<String, String>>) -> Vec<String> {
+    let mut merged = BTreeMap::new();
+    merged.insert("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
+    for m in maps {
+        merged.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    merged.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}

@@ -1,0 +1,144 @@
+//! The shim — a small detached process that holds a sandbox's main process and records its exit.
+//!
+//! The agent starts `tartarus shim <dir>` in a session of its own. The shim runs the runtime's
+//! main command with stdout/stderr going to the sandbox's log files, waits for it, and writes
+//! `exit.json` atomically. Because the shim is not tied to the agent, a sandbox survives a
+//! restart of `tartarus up`, and its exit status is not lost while nobody is watching.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lethe::{write_atomic, SandboxDir};
+
+/// What the shim runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShimSpec {
+    /// The main command.
+    pub argv: Vec<String>,
+    /// File receiving stdout.
+    pub stdout: PathBuf,
+    /// File receiving stderr.
+    pub stderr: PathBuf,
+    /// Where to record the exit status.
+    pub exit_file: PathBuf,
+}
+
+/// How the main command ended, as recorded by the shim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimExit {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal, when one killed it.
+    pub signal: Option<i32>,
+}
+
+impl ShimExit {
+    /// The conventional shell exit code (128 + signal for a signal).
+    pub fn code_or_signal(&self) -> i32 {
+        self.code.unwrap_or_else(|| 128 + self.signal.unwrap_or(0))
+    }
+
+    /// Reads a recorded exit status, if the shim wrote one.
+    pub fn read(path: &Path) -> Option<Self> {
+        std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+}
+
+/// A running shim.
+#[derive(Debug)]
+pub enum ShimHandle {
+    /// Started by this agent: its exit is awaited directly.
+    Child(tokio::process::Child),
+    /// Found alive after a restart: its exit is noticed by polling.
+    Adopted(u32),
+}
+
+impl ShimHandle {
+    /// The shim's pid.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Child(c) => c.id(),
+            Self::Adopted(p) => Some(*p),
+        }
+    }
+
+    /// Waits until the shim has gone.
+    pub async fn wait(&mut self) {
+        match self {
+            Self::Child(c) => {
+                let _ = c.wait().await;
+            }
+            Self::Adopted(pid) => {
+                while pid_alive(*pid) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// True when `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the command name in parentheses.
+        Ok(stat) => stat.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` is the shim of `dir` (pids are reused; the command line tells).
+pub fn is_shim_of(pid: u32, dir: &SandboxDir) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    pid_alive(pid) && args.iter().any(|a| *a == b"shim") && args.iter().any(|a| *a == dir.root().as_os_str().as_encoded_bytes())
+}
+
+impl ShimSpec {
+    /// Writes the spec into `dir` and starts `shim_exe shim <dir>` in its own session.
+    pub fn spawn(&self, shim_exe: &Path, dir: &SandboxDir) -> io::Result<ShimHandle> {
+        write_atomic(&dir.shim_spec(), &serde_json::to_vec(self).expect("serializable"))?;
+        let mut cmd = tokio::process::Command::new(shim_exe);
+        cmd.arg("shim").arg(dir.root()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe; it detaches the shim from our session so a
+        // Ctrl-C or the end of the agent does not reach the sandbox.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(io::Error::from)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        if let Some(pid) = child.id() {
+            write_atomic(&dir.pid_file(), pid.to_string().as_bytes())?;
+        }
+        Ok(ShimHandle::Child(child))
+    }
+}
+
+/// The shim's own main: runs the spec in `dir` and records how it ended. Blocking; no runtime.
+pub fn run(dir: &Path) -> io::Result<ShimExit> {
+    let spec: ShimSpec = serde_json::from_slice(&std::fs::read(dir.join("shim.json"))?).map_err(io::Error::other)?;
+    let (program, args) = spec.argv.split_first().ok_or_else(|| io::Error::other("empty main command"))?;
+    let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p);
+    let status = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(open(&spec.stdout)?)
+        .stderr(open(&spec.stderr)?)
+        .status();
+    let exit = match status {
+        Ok(s) => ShimExit { code: s.code(), signal: s.signal() },
+        Err(e) => {
+            // Record the failure where the agent will look for it.
+            let _ = std::io::Write::write_all(&mut open(&spec.stderr)?, format!("tartarus shim: cannot start {program}: {e}\n").as_bytes());
+            ShimExit { code: Some(127), signal: None }
+        }
+    };
+    write_atomic(&spec.exit_file, &serde_json::to_vec(&exit).expect("serializable"))?;
+    Ok(exit)
+}

@@ -1,0 +1,293 @@
+//! The embedded store: every seam on one `redb` database file, for a single-node realm.
+//!
+//! Each call is one redb transaction run on tokio's blocking pool; writes are durable when
+//! the call returns (redb commits with fsync), so a killed realm loses nothing it acknowledged.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::de::DeserializeOwned;
+use tartarus_core::{NodeInfo, SandboxId, SandboxRecord, TemplateName, TemplateRecord};
+use tokio::sync::Notify;
+
+use crate::{Acheron, Delivery, Hades, Mutation, SandboxFilter, SandboxStore, StoreError, TemplateStore};
+
+const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
+const TEMPLATES: TableDefinition<&str, &[u8]> = TableDefinition::new("templates");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const ACHERON: TableDefinition<u64, &str> = TableDefinition::new("acheron");
+
+/// All state in one redb file.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    /// Acheron entries handed out and not yet acknowledged (in memory on purpose: after a
+    /// restart nothing is in flight, so unacknowledged entries are delivered again).
+    in_flight: Arc<Mutex<BTreeSet<u64>>>,
+    arrivals: Arc<Notify>,
+}
+
+fn db_err(context: &str) -> impl FnOnce(redb::Error) -> StoreError + '_ {
+    move |e| StoreError::Database { context: context.to_owned(), source: Box::new(e) }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("domain types always serialize")
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| db_err("open")(e.into()))?;
+        let tx = db.begin_write().map_err(|e| db_err("create tables")(e.into()))?;
+        {
+            for t in [SANDBOXES, TEMPLATES, NODES] {
+                tx.open_table(t).map_err(|e| db_err("create tables")(e.into()))?;
+            }
+            tx.open_table(ACHERON).map_err(|e| db_err("create tables")(e.into()))?;
+        }
+        tx.commit().map_err(|e| db_err("create tables")(e.into()))?;
+        Ok(Self { db: Arc::new(db), in_flight: Default::default(), arrivals: Default::default() })
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.expect("store task panicked")
+    }
+
+    fn put(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str, value: &[u8], must_be_new: bool) -> Result<(), StoreError> {
+        let err = db_err("write");
+        let tx = db.begin_write().map_err(|e| db_err("write")(e.into()))?;
+        {
+            let mut t = tx.open_table(table).map_err(|e| db_err("write")(e.into()))?;
+            if must_be_new && t.get(key).map_err(|e| db_err("read")(e.into()))?.is_some() {
+                return Err(StoreError::Exists(key.to_owned()));
+            }
+            t.insert(key, value).map_err(|e| db_err("write")(e.into()))?;
+        }
+        tx.commit().map_err(|e| err(e.into()))
+    }
+
+    fn get_one<T: DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>, StoreError> {
+        let tx = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
+        let t = tx.open_table(table).map_err(|e| db_err("read")(e.into()))?;
+        let v = t.get(key).map_err(|e| db_err("read")(e.into()))?;
+        v.map(|v| decode(key, v.value())).transpose()
+    }
+
+    fn all<T: DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
+        let tx = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
+        let t = tx.open_table(table).map_err(|e| db_err("read")(e.into()))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| db_err("read")(e.into()))? {
+            let (k, v) = row.map_err(|e| db_err("read")(e.into()))?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl SandboxStore for EmbeddedStore {
+    async fn insert(&self, rec: &SandboxRecord) -> Result<(), StoreError> {
+        let (key, bytes) = (rec.id.to_string(), encode(rec));
+        self.blocking(move |db| Self::put(db, SANDBOXES, &key, &bytes, true)).await
+    }
+
+    async fn get(&self, id: &SandboxId) -> Result<Option<SandboxRecord>, StoreError> {
+        let key = id.to_string();
+        self.blocking(move |db| Self::get_one(db, SANDBOXES, &key)).await
+    }
+
+    async fn list(&self, filter: &SandboxFilter) -> Result<Vec<SandboxRecord>, StoreError> {
+        let filter = filter.clone();
+        self.blocking(move |db| {
+            let mut all: Vec<SandboxRecord> = Self::all(db, SANDBOXES)?;
+            all.retain(|r| filter.matches(r));
+            all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
+            if let Some(n) = filter.limit {
+                all.truncate(n);
+            }
+            Ok(all)
+        })
+        .await
+    }
+
+    async fn update(&self, id: &SandboxId, change: Mutation) -> Result<Option<SandboxRecord>, StoreError> {
+        let key = id.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(|e| db_err("update")(e.into()))?;
+            let rec = {
+                let mut t = tx.open_table(SANDBOXES).map_err(|e| db_err("update")(e.into()))?;
+                let current: Option<SandboxRecord> = match t.get(key.as_str()).map_err(|e| db_err("update")(e.into()))? {
+                    Some(v) => Some(decode(&key, v.value())?),
+                    None => None,
+                };
+                let Some(mut rec) = current else { return Ok(None) };
+                if rec.state.is_terminal() {
+                    return Ok(Some(rec));
+                }
+                change(&mut rec);
+                t.insert(key.as_str(), encode(&rec).as_slice()).map_err(|e| db_err("update")(e.into()))?;
+                rec
+            };
+            tx.commit().map_err(|e| db_err("update")(e.into()))?;
+            Ok(Some(rec))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl TemplateStore for EmbeddedStore {
+    async fn put_template(&self, t: &TemplateRecord) -> Result<(), StoreError> {
+        let (key, bytes) = (t.name.to_string(), encode(t));
+        self.blocking(move |db| Self::put(db, TEMPLATES, &key, &bytes, false)).await
+    }
+
+    async fn template(&self, name: &TemplateName) -> Result<Option<TemplateRecord>, StoreError> {
+        let key = name.to_string();
+        self.blocking(move |db| Self::get_one(db, TEMPLATES, &key)).await
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
+        self.blocking(|db| Self::all(db, TEMPLATES)).await
+    }
+}
+
+#[async_trait]
+impl Hades for EmbeddedStore {
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), StoreError> {
+        let (key, bytes) = (node.name.clone(), encode(node));
+        self.blocking(move |db| Self::put(db, NODES, &key, &bytes, false)).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        self.blocking(|db| Self::all(db, NODES)).await
+    }
+}
+
+#[async_trait]
+impl Acheron for EmbeddedStore {
+    async fn push(&self, id: &SandboxId) -> Result<u64, StoreError> {
+        let id = id.to_string();
+        let seq = self
+            .blocking(move |db| {
+                let tx = db.begin_write().map_err(|e| db_err("enqueue")(e.into()))?;
+                let seq = {
+                    let mut t = tx.open_table(ACHERON).map_err(|e| db_err("enqueue")(e.into()))?;
+                    let last = t.last().map_err(|e| db_err("enqueue")(e.into()))?.map(|(k, _)| k.value());
+                    let seq = last.map_or(1, |l| l + 1);
+                    t.insert(seq, id.as_str()).map_err(|e| db_err("enqueue")(e.into()))?;
+                    seq
+                };
+                tx.commit().map_err(|e| db_err("enqueue")(e.into()))?;
+                Ok(seq)
+            })
+            .await?;
+        self.arrivals.notify_one();
+        Ok(seq)
+    }
+
+    async fn pull(&self) -> Result<Delivery, StoreError> {
+        loop {
+            let arrival = self.arrivals.notified();
+            tokio::pin!(arrival);
+            arrival.as_mut().enable();
+            let in_flight = self.in_flight.clone();
+            let next = self
+                .blocking(move |db| {
+                    let tx = db.begin_read().map_err(|e| db_err("dequeue")(e.into()))?;
+                    let t = tx.open_table(ACHERON).map_err(|e| db_err("dequeue")(e.into()))?;
+                    let mut taken = in_flight.lock().expect("lock");
+                    for row in t.iter().map_err(|e| db_err("dequeue")(e.into()))? {
+                        let (k, v) = row.map_err(|e| db_err("dequeue")(e.into()))?;
+                        if taken.insert(k.value()) {
+                            let id = SandboxId::parse(v.value()).map_err(|e| StoreError::Corrupt {
+                                key: format!("acheron/{}", k.value()),
+                                source: serde::de::Error::custom(e),
+                            })?;
+                            return Ok(Some(Delivery { seq: k.value(), id }));
+                        }
+                    }
+                    Ok(None)
+                })
+                .await?;
+            match next {
+                Some(d) => return Ok(d),
+                None => arrival.await,
+            }
+        }
+    }
+
+    async fn ack(&self, seq: u64) -> Result<(), StoreError> {
+        let in_flight = self.in_flight.clone();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(|e| db_err("ack")(e.into()))?;
+            tx.open_table(ACHERON).and_then(|mut t| t.remove(seq).map(|_| ()).map_err(Into::into)).map_err(|e| db_err("ack")(e.into()))?;
+            tx.commit().map_err(|e| db_err("ack")(e.into()))?;
+            in_flight.lock().expect("lock").remove(&seq);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn depth(&self) -> Result<u64, StoreError> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
+            let t = tx.open_table(ACHERON).map_err(|e| db_err("read")(e.into()))?;
+            t.len().map_err(|e| db_err("read")(e.into()))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn queue_survives_reopen_and_redelivers_unacked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let (a, b) = (SandboxId::generate(), SandboxId::generate());
+        {
+            let s = EmbeddedStore::open(&path).unwrap();
+            s.push(&a).await.unwrap();
+            s.push(&b).await.unwrap();
+            let d = s.pull().await.unwrap();
+            assert_eq!(d.id, a);
+            s.ack(d.seq).await.unwrap();
+            assert_eq!(s.pull().await.unwrap().id, b); // taken, never acknowledged
+        }
+        let s = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(s.depth().await.unwrap(), 1);
+        assert_eq!(s.pull().await.unwrap().id, b);
+    }
+
+    #[tokio::test]
+    async fn pull_waits_for_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        let id = SandboxId::generate();
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.pull().await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        s.push(&id).await.unwrap();
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().id, id);
+    }
+}
