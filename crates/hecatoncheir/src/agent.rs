@@ -1,5 +1,486 @@
 //! The supervisor: launches sandboxes, watches each to its end, enforces limits, records outcomes.
-pub struct Hecatoncheir;
-pub struct AgentConfig;
-pub struct AgentError;
-pub struct ExecStream;
+//!
+//! Each running sandbox has one supervising task here. It waits for the sandbox's shim to
+//! end, and meanwhile enforces the deadline (Alecto), the idle timeout of sessions, and kill
+//! requests; at the end it reads the exit status and the cgroup's accounting (an OOM kill
+//! means the memory limit ended it), releases everything (Thanatos), wipes the writable layer
+//! (Lethe) and records the outcome. Nothing about a running sandbox lives only in memory:
+//! after a restart [`Hecatoncheir::adopt`] finds each one again through its shim, or
+//! records it as lost.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tartarus_core::{
+    ExecRequest, ExitInfo, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SandboxState, SandboxStats, Stream,
+};
+use tartarus_store::{Events, SandboxFilter, State, StoreError};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, instrument, warn};
+
+use crate::lethe::SandboxDir;
+use crate::rootfs;
+use crate::runtime::{env_list, ExecSpec, LaunchSpec, Runtime, RuntimeError};
+use crate::shim::{is_shim_of, ShimExit, ShimHandle};
+
+/// How the agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name in Hades.
+    pub node_name: String,
+    /// Where sandbox directories live (`<data-dir>/sandboxes`).
+    pub sandboxes_dir: PathBuf,
+    /// The binary that provides `shim` (the `tartarus` binary itself).
+    pub shim_exe: PathBuf,
+    /// Cores offered to sandboxes.
+    pub vcpus: u32,
+    /// Memory offered to sandboxes, MiB.
+    pub memory_mib: u64,
+}
+
+/// A request the agent could not carry out.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No such sandbox.
+    #[error("no sandbox {0}")]
+    NotFound(SandboxId),
+    /// The sandbox is not running on this node (ended, queued, or elsewhere).
+    #[error("sandbox {id} is {state}, not running")]
+    NotRunning {
+        /// The sandbox.
+        id: SandboxId,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Output of an `exec`, ending with [`OutputEvent::Exit`].
+pub type ExecStream = mpsc::Receiver<OutputEvent>;
+
+/// What [`Hecatoncheir::adopt`] found after a restart.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct AdoptReport {
+    /// Still running: watched again.
+    pub adopted: Vec<SandboxId>,
+    /// Ended while the agent was away: recorded from the shim's exit status.
+    pub finished: Vec<SandboxId>,
+    /// Gone without a trace: recorded as lost.
+    pub lost: Vec<SandboxId>,
+}
+
+struct Live {
+    kill: mpsc::UnboundedSender<KillReason>,
+    last_active: Arc<Mutex<Instant>>,
+}
+
+/// The node agent.
+pub struct Hecatoncheir {
+    cfg: AgentConfig,
+    runtime: Arc<dyn Runtime>,
+    state: State,
+    events: Events,
+    live: Mutex<HashMap<SandboxId, Live>>,
+}
+
+fn now_active() -> Arc<Mutex<Instant>> {
+    Arc::new(Mutex::new(Instant::now()))
+}
+
+impl Hecatoncheir {
+    /// An agent running sandboxes with `runtime`, recording into `state`.
+    pub fn new(cfg: AgentConfig, runtime: Arc<dyn Runtime>, state: State, events: Events) -> Arc<Self> {
+        Arc::new(Self { cfg, runtime, state, events, live: Mutex::default() })
+    }
+
+    /// The runtime in use.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.node_name
+    }
+
+    /// Sandboxes running here now.
+    pub fn running(&self) -> usize {
+        self.live.lock().expect("lock").len()
+    }
+
+    /// The directory of sandbox `id` on this node.
+    pub fn dir(&self, id: &SandboxId) -> SandboxDir {
+        SandboxDir::new(&self.cfg.sandboxes_dir, id)
+    }
+
+    /// What this node tells Hades.
+    pub fn node_info(&self) -> NodeInfo {
+        NodeInfo {
+            name: self.cfg.node_name.clone(),
+            runtime: self.runtime.name().into(),
+            runtime_version: self.runtime.describe(),
+            vcpus: self.cfg.vcpus,
+            memory_mib: self.cfg.memory_mib,
+            running: self.running() as u32,
+            labels: Default::default(),
+            heartbeat_at: Utc::now(),
+        }
+    }
+
+    /// Changes a record and announces the change.
+    async fn record(&self, id: &SandboxId, change: impl FnOnce(&mut SandboxRecord) + Send + 'static) -> Result<Option<SandboxRecord>, StoreError> {
+        let rec = self.state.sandboxes.update(id, Box::new(change)).await?;
+        if let Some(r) = &rec {
+            self.events.publish(r);
+        }
+        Ok(rec)
+    }
+
+    async fn fail(&self, id: &SandboxId, error: String) -> Result<(), StoreError> {
+        warn!(sandbox = %id, %error, "sandbox failed");
+        self.record(id, move |r| {
+            r.state = SandboxState::Failed;
+            r.error = Some(error);
+            r.ended_at = Some(Utc::now());
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Starts sandbox `id` (its record placed on this node). Returns once it runs, or once
+    /// its failure is recorded; the error is only for failures to record.
+    #[instrument(skip(self), fields(sandbox = %id))]
+    pub async fn launch(self: &Arc<Self>, id: &SandboxId) -> Result<(), AgentError> {
+        let rec = self.state.sandboxes.get(id).await?.ok_or_else(|| AgentError::NotFound(id.clone()))?;
+        if rec.state != SandboxState::Starting {
+            return Ok(()); // killed while queued, or delivered twice
+        }
+        let spec = &rec.spec;
+        let Some(template) = self.state.templates.template(&spec.template).await? else {
+            self.fail(id, format!("template {} does not exist (see `tartarus template ls`)", spec.template)).await?;
+            return Ok(());
+        };
+        let env = env_list([&spec.env]);
+        if let Some(argv) = &spec.command {
+            let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
+            if rootfs::find_program(&template.rootfs, &argv[0], path_var, &spec.workdir).is_none() {
+                self.fail(id, format!("command not found: {:?} is not an executable in template {}", argv[0], spec.template)).await?;
+                return Ok(());
+            }
+        }
+        let launch = LaunchSpec {
+            id: id.clone(),
+            rootfs: template.rootfs.clone(),
+            command: spec.command.clone(),
+            env,
+            workdir: spec.workdir.clone(),
+            resources: spec.resources,
+        };
+        let dir = self.dir(id);
+        let started = async {
+            let main = self.runtime.create(&launch, &dir).await?;
+            self.runtime.start(&dir, &main, &self.cfg.shim_exe).await
+        }
+        .await;
+        let shim = match started {
+            Ok(shim) => shim,
+            Err(e) => {
+                let _ = self.runtime.destroy(id).await;
+                let _ = dir.forget();
+                self.fail(id, format!("could not start: {}", error_chain(&e))).await?;
+                return Ok(());
+            }
+        };
+        let (kill_tx, kill_rx) = mpsc::unbounded_channel();
+        let last_active = now_active();
+        self.live.lock().expect("lock").insert(id.clone(), Live { kill: kill_tx, last_active: last_active.clone() });
+        let node = self.cfg.node_name.clone();
+        let rec = self
+            .record(id, move |r| {
+                r.state = SandboxState::Running;
+                r.node = Some(node);
+                r.started_at = Some(Utc::now());
+            })
+            .await?
+            .expect("record exists");
+        info!(pid = shim.pid(), "sandbox running");
+        tokio::spawn(self.clone().supervise(rec, shim, kill_rx, last_active));
+        Ok(())
+    }
+
+    /// Watches one sandbox to its end and records how it ended.
+    async fn supervise(self: Arc<Self>, rec: SandboxRecord, mut shim: ShimHandle, mut kill_rx: mpsc::UnboundedReceiver<KillReason>, last_active: Arc<Mutex<Instant>>) {
+        let id = rec.id.clone();
+        let started = rec.started_at.unwrap_or(rec.created_at);
+        let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
+        let deadline = Instant::now() + rec.spec.max_duration().saturating_sub(elapsed);
+        let idle = rec.spec.idle_timeout();
+        let mut reason: Option<KillReason> = None;
+        let mut force_at: Option<Instant> = None;
+        let mut idle_tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shim.wait() => break,
+                _ = tokio::time::sleep_until(deadline), if reason.is_none() => reason = Some(KillReason::Timeout),
+                _ = idle_tick.tick(), if reason.is_none() && idle.is_some() => {
+                    if idle.is_some_and(|d| last_active.lock().expect("lock").elapsed() >= d) {
+                        reason = Some(KillReason::Idle);
+                    } else {
+                        continue;
+                    }
+                }
+                Some(r) = kill_rx.recv(), if reason.is_none() => reason = Some(r),
+                _ = tokio::time::sleep_until(force_at.unwrap_or(deadline)), if force_at.is_some() => {
+                    warn!(sandbox = %id, "did not die after SIGKILL; destroying");
+                    let _ = self.runtime.destroy(&id).await;
+                    force_at = None;
+                    continue;
+                }
+            }
+            // Only the arms that set a reason reach here: carry out the kill once.
+            if force_at.is_none() {
+                info!(sandbox = %id, reason = ?reason, "killing sandbox");
+                match self.runtime.kill(&id, libc::SIGKILL, false).await {
+                    Ok(()) | Err(RuntimeError::NotFound(_)) => {}
+                    Err(e) => warn!(sandbox = %id, error = %error_chain(&e), "kill failed"),
+                }
+                force_at = Some(Instant::now() + self.runtime.kill_grace());
+            }
+        }
+        self.finish(&id, reason).await;
+    }
+
+    /// Records the end of sandbox `id` from its shim's exit status and its accounting.
+    async fn finish(&self, id: &SandboxId, reason: Option<KillReason>) {
+        let dir = self.dir(id);
+        let exit = ShimExit::read(&dir.exit_file());
+        let stats = match self.runtime.destroy(id).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(sandbox = %id, error = %error_chain(&e), "releasing the sandbox failed");
+                SandboxStats::default()
+            }
+        };
+        if let Err(e) = dir.forget() {
+            warn!(sandbox = %id, error = %e, "wiping the writable layer failed");
+        }
+        self.live.lock().expect("lock").remove(id);
+        let outcome = self
+            .record(id, move |r| {
+                r.ended_at = Some(Utc::now());
+                r.stats = Some(stats);
+                r.exit_code = exit.map(|e| e.code_or_signal());
+                match (reason, stats.oom_kills > 0, exit) {
+                    (Some(reason), _, _) => {
+                        r.state = SandboxState::Killed;
+                        r.kill_reason = Some(reason);
+                    }
+                    (None, true, _) => {
+                        r.state = SandboxState::Killed;
+                        r.kill_reason = Some(KillReason::OutOfMemory);
+                    }
+                    (None, false, Some(_)) => r.state = SandboxState::Exited,
+                    (None, false, None) => {
+                        r.state = SandboxState::Failed;
+                        r.error = Some("the sandbox's shim ended without recording an exit status".into());
+                    }
+                }
+            })
+            .await;
+        match outcome {
+            Ok(Some(r)) => info!(sandbox = %id, outcome = %r.outcome(), "sandbox ended"),
+            Ok(None) => warn!(sandbox = %id, "ended sandbox has no record"),
+            Err(e) => warn!(sandbox = %id, error = %e, "could not record the end of a sandbox"),
+        }
+    }
+
+    /// Finds the sandboxes this node was running before a restart: watches the living again,
+    /// records those that ended meanwhile, and marks the vanished as lost.
+    pub async fn adopt(self: &Arc<Self>) -> Result<AdoptReport, AgentError> {
+        let filter = SandboxFilter {
+            states: vec![SandboxState::Starting, SandboxState::Running, SandboxState::Paused],
+            ..Default::default()
+        };
+        let mut report = AdoptReport::default();
+        for rec in self.state.sandboxes.list(&filter).await? {
+            if rec.node.as_deref().is_some_and(|n| n != self.cfg.node_name) {
+                continue;
+            }
+            let id = rec.id.clone();
+            let dir = self.dir(&id);
+            let pid = std::fs::read_to_string(dir.pid_file()).ok().and_then(|p| p.trim().parse::<u32>().ok());
+            match pid {
+                Some(pid) if is_shim_of(pid, &dir) => {
+                    let (kill_tx, kill_rx) = mpsc::unbounded_channel();
+                    let last_active = now_active();
+                    self.live.lock().expect("lock").insert(id.clone(), Live { kill: kill_tx, last_active: last_active.clone() });
+                    info!(sandbox = %id, pid, "re-adopted running sandbox");
+                    tokio::spawn(self.clone().supervise(rec, ShimHandle::Adopted(pid), kill_rx, last_active));
+                    report.adopted.push(id);
+                }
+                _ if ShimExit::read(&dir.exit_file()).is_some() => {
+                    self.finish(&id, None).await;
+                    report.finished.push(id);
+                }
+                _ => {
+                    let _ = self.runtime.destroy(&id).await;
+                    let _ = dir.forget();
+                    self.record(&id, |r| {
+                        r.state = SandboxState::Lost;
+                        r.ended_at = Some(Utc::now());
+                        r.error = Some("its shim was gone when the agent restarted and no exit status was recorded".into());
+                    })
+                    .await?;
+                    warn!(sandbox = %id, "sandbox lost");
+                    report.lost.push(id);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn live_or_err(&self, rec: &SandboxRecord) -> Result<Arc<Mutex<Instant>>, AgentError> {
+        let live = self.live.lock().expect("lock");
+        match live.get(&rec.id) {
+            Some(l) if matches!(rec.state, SandboxState::Running | SandboxState::Paused) => Ok(l.last_active.clone()),
+            _ => Err(AgentError::NotRunning { id: rec.id.clone(), state: rec.state.as_str() }),
+        }
+    }
+
+    async fn get(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError> {
+        self.state.sandboxes.get(id).await?.ok_or_else(|| AgentError::NotFound(id.clone()))
+    }
+
+    /// Asks the supervisor of `id` to kill it for `reason`. `false` when it is not running here.
+    pub fn kill(&self, id: &SandboxId, reason: KillReason) -> bool {
+        match self.live.lock().expect("lock").get(id) {
+            Some(l) => l.kill.send(reason).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Freezes a running sandbox.
+    pub async fn pause(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError> {
+        let rec = self.get(id).await?;
+        self.live_or_err(&rec)?;
+        self.runtime.pause(id).await?;
+        Ok(self.record(id, |r| r.state = SandboxState::Paused).await?.expect("exists"))
+    }
+
+    /// Thaws a paused sandbox.
+    pub async fn resume(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError> {
+        let rec = self.get(id).await?;
+        self.live_or_err(&rec)?;
+        self.runtime.resume(id).await?;
+        Ok(self.record(id, |r| r.state = SandboxState::Running).await?.expect("exists"))
+    }
+
+    /// Resource use of a running sandbox.
+    pub async fn stats(&self, id: &SandboxId) -> Result<SandboxStats, AgentError> {
+        let rec = self.get(id).await?;
+        self.live_or_err(&rec)?;
+        Ok(self.runtime.stats(id).await?)
+    }
+
+    /// Runs a further command in running sandbox `id`; its output streams back, then its exit.
+    #[instrument(skip(self, req), fields(sandbox = %id))]
+    pub async fn exec(&self, id: &SandboxId, req: ExecRequest) -> Result<ExecStream, AgentError> {
+        let rec = self.get(id).await?;
+        let last_active = self.live_or_err(&rec)?;
+        if rec.state == SandboxState::Paused {
+            return Err(AgentError::NotRunning { id: id.clone(), state: "paused" });
+        }
+        *last_active.lock().expect("lock") = Instant::now();
+        let spec = ExecSpec {
+            env: env_list([&rec.spec.env, &req.env]),
+            workdir: req.workdir.clone().unwrap_or_else(|| rec.spec.workdir.clone()),
+            command: req.command.clone(),
+        };
+        let mut child = self.runtime.exec(id, &spec).await?;
+        let limit = req.timeout.map(|t| t.0).unwrap_or(rec.spec.max_duration());
+        let (tx, rx) = mpsc::channel(64);
+        let (stdout, stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+        tokio::spawn(async move {
+            let out = pump(stdout, Stream::Stdout, tx.clone(), None);
+            let runtime_said = Arc::new(Mutex::new(Vec::new()));
+            let err = pump(stderr, Stream::Stderr, tx.clone(), Some(runtime_said.clone()));
+            let run = async {
+                let (_, _, status) = tokio::join!(out, err, child.wait());
+                status
+            };
+            let exit = match tokio::time::timeout(limit, run).await {
+                Err(_) => ExitInfo { state: SandboxState::Killed, exit_code: None, kill_reason: Some(KillReason::Timeout), error: None },
+                Ok(Err(e)) => ExitInfo { state: SandboxState::Failed, exit_code: None, kill_reason: None, error: Some(format!("exec: {e}")) },
+                Ok(Ok(status)) => {
+                    let code = status.code();
+                    let said = String::from_utf8_lossy(&runtime_said.lock().expect("lock")).into_owned();
+                    // runsc itself exits 128 when it cannot start the command at all.
+                    match said.lines().find(|l| l.contains("executing processes for container")) {
+                        Some(line) if code == Some(128) => ExitInfo {
+                            state: SandboxState::Failed,
+                            exit_code: None,
+                            kill_reason: None,
+                            error: Some(line.trim().to_owned()),
+                        },
+                        _ => ExitInfo { state: SandboxState::Exited, exit_code: code, kill_reason: None, error: None },
+                    }
+                }
+            };
+            *last_active.lock().expect("lock") = Instant::now();
+            let _ = tx.send(OutputEvent::Exit(exit)).await;
+        });
+        Ok(rx)
+    }
+
+    /// The events and records this agent announces through.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The state it records into.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+}
+
+/// Forwards a pipe as output events; keeps the last bytes in `keep` when asked.
+async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<OutputEvent>, keep: Option<Arc<Mutex<Vec<u8>>>>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Some(k) = &keep {
+                    let mut k = k.lock().expect("lock");
+                    k.extend_from_slice(&buf[..n]);
+                    let excess = k.len().saturating_sub(4096);
+                    k.drain(..excess);
+                }
+                // A receiver that went away stops the forwarding, not the process.
+                let _ = tx.send(OutputEvent::Output(stream, buf[..n].to_vec())).await;
+            }
+        }
+    }
+}
+
+/// An error with its causes, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
