@@ -1,1 +1,81 @@
-fn main(){}
+//! The `tartarus` binary: parses the command line, wires the crates, maps errors to exit codes.
+
+mod client;
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// Tartarus runs untrusted code in isolated sandboxes (gVisor), on one machine or a fleet.
+///
+/// Start a realm with `tartarus up`, then talk to it with the other verbs:
+///
+///   tartarus up &
+///   tartarus run --template busybox -- echo hello
+///   tartarus ps
+#[derive(Parser)]
+#[command(name = "tartarus", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    global: commands::Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole realm in this process: API, judges, queue, scheduler and node agent.
+    Up(commands::up::Args),
+    /// Run a command in a new sandbox and stream its output; exits with the sandbox's code.
+    Run(commands::run::Args),
+    /// List sandboxes.
+    Ps(commands::ps::Args),
+    /// Show (or follow) a sandbox's output.
+    Logs(commands::logs::Args),
+    /// Run a further command in a running sandbox.
+    Exec(commands::exec::Args),
+    /// Kill a sandbox.
+    Kill(commands::kill::Args),
+    /// Manage templates (root filesystems sandboxes start from).
+    #[command(subcommand)]
+    Template(commands::template::Command),
+    /// Check this host: which runtimes work, and what to install for those that do not.
+    Doctor(commands::doctor::Args),
+    /// Measure Tartarus against raw runtimes; prints JSON.
+    #[command(subcommand)]
+    Bench(commands::bench::Command),
+    /// (internal) Hold a sandbox's main process and record its exit.
+    #[command(hide = true)]
+    Shim(commands::shim::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // The shim runs without an async runtime or logging: it must stay small and detached.
+    if let Command::Shim(args) = cli.command {
+        std::process::exit(commands::shim::execute(args));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let code = rt.block_on(async move {
+        let g = cli.global;
+        let result = match cli.command {
+            Command::Up(a) => commands::up::execute(a, &g).await,
+            Command::Run(a) => commands::run::execute(a, &g).await,
+            Command::Ps(a) => commands::ps::execute(a, &g).await,
+            Command::Logs(a) => commands::logs::execute(a, &g).await,
+            Command::Exec(a) => commands::exec::execute(a, &g).await,
+            Command::Kill(a) => commands::kill::execute(a, &g).await,
+            Command::Template(c) => commands::template::execute(c, &g).await,
+            Command::Doctor(a) => commands::doctor::execute(a, &g).await,
+            Command::Bench(c) => commands::bench::execute(c, &g).await,
+            Command::Shim(_) => unreachable!("handled above"),
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("tartarus: {e:#}");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}

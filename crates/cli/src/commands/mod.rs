@@ -1,0 +1,28 @@
+//! One module per verb; each has `Args` (or `Command`) and `execute`, returning the exit code.
+
+pub mod bench;
+pub mod doctor;
+pub mod exec;
+pub mod kill;
+pub mod logs;
+pub mod ps;
+pub mod run;
+pub mod shim;
+pub mod template;
+pub mod up;
+
+use std::path::PathBuf;
+
+/// Options every verb understands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Global {
+    /// The realm's API address.
+    #[arg(long, global = true, env = "TARTARUS_API", default_value = "http://127.0.0.1:7070")]
+    pub api: String,
+    /// API token; default: the local data dir's admin.token.
+    #[arg(long, global = true, env = "TARTARUS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data directory of the local realm (state, templates, sandboxes, admin.token).
+    #[arg(long, global = true, env = "TARTARUS_DATA_DIR", default_value = "/var/lib/tartarus")]
+    pub data_dir: PathBuf,
+}
