@@ -1,0 +1,111 @@
+//! The versioned REST API: routes, shared context, and the OpenAPI document built from the code.
+
+pub mod realm;
+pub mod sandboxes;
+pub mod stream;
+pub mod templates;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::FromRequest;
+use axum::routing::{get, post};
+use axum::Router;
+use tartarus_store::{Events, State};
+use utoipa::OpenApi;
+
+use crate::cerberus::{self, Cerberus};
+use crate::error::ApiError;
+use crate::judges::Tribunal;
+use crate::metrics::Metrics;
+use crate::moirai::Moirai;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct Ctx {
+    /// State seams.
+    pub state: State,
+    /// Record changes.
+    pub events: Events,
+    /// The judges.
+    pub tribunal: Arc<Tribunal>,
+    /// The scheduler and its nodes.
+    pub moirai: Arc<Moirai>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Where imported templates are kept.
+    pub templates_dir: PathBuf,
+}
+
+/// A JSON body (whatever the `Content-Type` says); anything unparsable is a `malformed_json`
+/// error carrying serde's explanation (which field, which line and column).
+pub struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::MalformedJson(format!("cannot read the request body: {}", e.body_text())))?;
+        if bytes.is_empty() {
+            return Err(ApiError::MalformedJson("the request body is empty; send a JSON object".into()));
+        }
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| ApiError::MalformedJson(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// The OpenAPI document of the API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tartarus", description = "Run untrusted code in isolated sandboxes. Errors are `{code, message}`; see docs/api.md."),
+    paths(
+        sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::kill, sandboxes::exec, sandboxes::logs,
+        sandboxes::pause, sandboxes::resume, templates::list, templates::import, realm::nodes, realm::healthz, realm::metrics
+    ),
+    components(schemas(
+        tartarus_core::SoulRequest, tartarus_core::SandboxRecord, tartarus_core::SandboxSpec, tartarus_core::Verdict,
+        tartarus_core::Ruling, tartarus_core::SandboxState, tartarus_core::KillReason, tartarus_core::SandboxStats,
+        tartarus_core::Resources, tartarus_core::NetworkContract, tartarus_core::HeatLevel, tartarus_core::ExecRequest,
+        tartarus_core::ExitInfo, tartarus_core::TemplateRecord, tartarus_core::NodeInfo, crate::error::ErrorBody,
+        sandboxes::SandboxList, sandboxes::ExecResult, templates::TemplateList, templates::ImportRequest, realm::NodeList
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new())]);
+    }
+}
+
+/// The whole router: `/v1` behind Cerberus, health, metrics and the document open.
+pub fn router(ctx: Ctx, cerberus: Cerberus) -> Router {
+    let v1 = Router::new()
+        .route("/sandboxes", post(sandboxes::create).get(sandboxes::list))
+        .route("/sandboxes/{id}", get(sandboxes::get_one).delete(sandboxes::kill))
+        .route("/sandboxes/{id}/exec", post(sandboxes::exec))
+        .route("/sandboxes/{id}/logs", get(sandboxes::logs))
+        .route("/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/sandboxes/{id}/resume", post(sandboxes::resume))
+        .route("/templates", get(templates::list).post(templates::import))
+        .route("/nodes", get(realm::nodes))
+        .route_layer(axum::middleware::from_fn_with_state(cerberus, cerberus::guard));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/v1/openapi.json", get(realm::openapi))
+        .route("/healthz", get(realm::healthz))
+        .route("/metrics", get(realm::metrics))
+        .fallback(realm::fallback)
+        .with_state(ctx)
+}

@@ -1,0 +1,296 @@
+//! `/v1/sandboxes`: admit souls, list and inspect them, kill them, exec into them, read their logs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tartarus_core::{ExecRequest, ExitInfo, KillReason, OutputEvent, SandboxId, SandboxRecord, SandboxState, SoulRequest, Stream};
+use tartarus_store::SandboxFilter;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{stream, Body, Ctx};
+use crate::cerberus::Principal;
+use crate::error::{ApiError, ErrorBody};
+use crate::moirai::Node;
+
+/// Parses a sandbox id from a path; a string that is not an id is simply not found.
+fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
+    SandboxId::parse(raw).map_err(|_| ApiError::SandboxNotFound(format!("no sandbox {raw:?} (ids look like sb-0123456789abcdef)")))
+}
+
+async fn record(ctx: &Ctx, id: &SandboxId) -> Result<SandboxRecord, ApiError> {
+    ctx.state.sandboxes.get(id).await?.ok_or_else(|| ApiError::SandboxNotFound(format!("no sandbox {id}")))
+}
+
+fn node_of(ctx: &Ctx, rec: &SandboxRecord) -> Result<Arc<dyn Node>, ApiError> {
+    rec.node
+        .as_ref()
+        .and_then(|n| ctx.moirai.nodes.get(n).cloned())
+        .ok_or_else(|| ApiError::NotRunning(format!("sandbox {} is {}, not running", rec.id, rec.state.as_str())))
+}
+
+/// Query of `POST /v1/sandboxes`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct CreateQuery {
+    /// Answer once the sandbox has ended (a session: once it runs), with 201.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// Admit a soul: validate, judge, queue.
+#[utoipa::path(post, path = "/v1/sandboxes", params(CreateQuery), request_body = SoulRequest,
+    responses(
+        (status = 202, description = "Admitted and queued", body = SandboxRecord),
+        (status = 201, description = "With wait=true: ended (or, for a session, running)", body = SandboxRecord),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn create(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<CreateQuery>,
+    Body(req): Body<SoulRequest>,
+) -> Result<Response, ApiError> {
+    let result = admit(&ctx, &who, req).await;
+    if let Err(e) = &result {
+        ctx.metrics.refused.with_label_values(&[e.status_and_code().1]).inc();
+    }
+    let rec = result?;
+    if !q.wait {
+        return Ok((StatusCode::ACCEPTED, Json(rec)).into_response());
+    }
+    let id = rec.id.clone();
+    let done = if rec.spec.is_session() {
+        wait_until(&ctx, &id, |r| r.state != SandboxState::Queued && r.state != SandboxState::Starting).await?
+    } else {
+        ctx.events.wait_terminal(ctx.state.sandboxes.as_ref(), &id).await?.expect("admitted record exists")
+    };
+    Ok((StatusCode::CREATED, Json(done)).into_response())
+}
+
+async fn admit(ctx: &Ctx, who: &Principal, req: SoulRequest) -> Result<SandboxRecord, ApiError> {
+    let spec = req.validate(&who.tenant).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    if ctx.state.templates.template(&spec.template).await?.is_none() {
+        return Err(ApiError::UnknownTemplate(format!(
+            "template {} does not exist; see GET /v1/templates (or `tartarus template ls`)",
+            spec.template
+        )));
+    }
+    let verdict = ctx.tribunal.judge(who, &spec).await?;
+    let rec = SandboxRecord::admitted(SandboxId::generate(), spec, verdict);
+    ctx.state.sandboxes.insert(&rec).await?;
+    ctx.state.acheron.push(&rec.id).await?;
+    ctx.metrics.admitted.inc();
+    ctx.events.publish(&rec);
+    Ok(rec)
+}
+
+/// Waits until `id`'s record satisfies `done` (or is terminal).
+async fn wait_until(ctx: &Ctx, id: &SandboxId, done: impl Fn(&SandboxRecord) -> bool) -> Result<SandboxRecord, ApiError> {
+    let mut rx = ctx.events.subscribe();
+    loop {
+        let rec = record(ctx, id).await?;
+        if done(&rec) || rec.state.is_terminal() {
+            return Ok(rec);
+        }
+        // Any change (or a lag) means: look again.
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+    }
+}
+
+/// Query of `GET /v1/sandboxes`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Comma-separated states, e.g. `running,exited`.
+    pub state: Option<String>,
+    /// Comma-separated `key=value` labels that must all match.
+    pub label: Option<String>,
+    /// At most this many (newest first).
+    pub limit: Option<usize>,
+}
+
+/// A listing of sandboxes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SandboxList {
+    /// Newest first.
+    pub sandboxes: Vec<SandboxRecord>,
+}
+
+/// List sandboxes, newest first.
+#[utoipa::path(get, path = "/v1/sandboxes", params(ListQuery),
+    responses((status = 200, body = SandboxList), (status = 422, body = ErrorBody)))]
+pub async fn list(State(ctx): State<Ctx>, Extension(who): Extension<Principal>, Query(q): Query<ListQuery>) -> Result<Json<SandboxList>, ApiError> {
+    let mut filter = SandboxFilter { limit: q.limit, tenant: Some(who.tenant), ..Default::default() };
+    for s in q.state.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+        filter.states.push(SandboxState::parse(s).ok_or_else(|| {
+            ApiError::InvalidRequest(format!("state: unknown state {s:?} (queued, starting, running, paused, exited, killed, failed, lost)"))
+        })?);
+    }
+    let mut labels = BTreeMap::new();
+    for l in q.label.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+        let (k, v) = l.split_once('=').ok_or_else(|| ApiError::InvalidRequest(format!("label: {l:?} is not key=value")))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    filter.labels = labels;
+    Ok(Json(SandboxList { sandboxes: ctx.state.sandboxes.list(&filter).await? }))
+}
+
+/// One sandbox.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = SandboxRecord), (status = 404, body = ErrorBody)))]
+pub async fn get_one(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<SandboxRecord>, ApiError> {
+    Ok(Json(record(&ctx, &parse_id(&id)?).await?))
+}
+
+/// Kill a sandbox (reason `requested`); answers with its final record.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = SandboxRecord), (status = 202, description = "Kill under way", body = SandboxRecord), (status = 404, body = ErrorBody)))]
+pub async fn kill(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let rec = record(&ctx, &id).await?;
+        match rec.state {
+            s if s.is_terminal() => return Ok((StatusCode::OK, Json(rec)).into_response()),
+            SandboxState::Queued => {
+                // Not placed yet: end it here; the scheduler skips records no longer queued.
+                let updated = ctx
+                    .state
+                    .sandboxes
+                    .update(
+                        &id,
+                        Box::new(|r| {
+                            if r.state == SandboxState::Queued {
+                                r.state = SandboxState::Killed;
+                                r.kill_reason = Some(KillReason::Requested);
+                                r.ended_at = Some(Utc::now());
+                            }
+                        }),
+                    )
+                    .await?;
+                if let Some(r) = updated {
+                    ctx.events.publish(&r);
+                }
+                continue;
+            }
+            _ => {
+                if let Ok(node) = node_of(&ctx, &rec) {
+                    if node.kill(&id, KillReason::Requested) {
+                        break;
+                    }
+                }
+                // Starting: the node does not hold it yet; ask again shortly.
+                if tokio::time::Instant::now() > deadline {
+                    return Ok((StatusCode::ACCEPTED, Json(rec)).into_response());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let waited = tokio::time::timeout(Duration::from_secs(15), ctx.events.wait_terminal(ctx.state.sandboxes.as_ref(), &id)).await;
+    match waited {
+        Ok(r) => Ok((StatusCode::OK, Json(r?.expect("exists"))).into_response()),
+        Err(_) => Ok((StatusCode::ACCEPTED, Json(record(&ctx, &id).await?)).into_response()),
+    }
+}
+
+/// Query of `exec`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ExecQuery {
+    /// `false`: answer with one JSON document once the command has ended.
+    #[serde(default = "yes")]
+    pub stream: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The result of a buffered `exec` (`stream=false`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecResult {
+    /// Standard output (UTF-8, invalid sequences replaced; at most 16 MiB).
+    pub stdout: String,
+    /// Standard error (same).
+    pub stderr: String,
+    /// How it ended.
+    pub exit: ExitInfo,
+}
+
+const BUFFER_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Run a further command in a running sandbox.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", request_body = ExecRequest,
+    params(("id" = String, Path, description = "Sandbox id"), ExecQuery),
+    responses(
+        (status = 200, description = "text/event-stream of stdout/stderr/exit events, or with stream=false an ExecResult", body = ExecResult),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn exec(State(ctx): State<Ctx>, Path(id): Path<String>, Query(q): Query<ExecQuery>, Body(req): Body<ExecRequest>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    req.validate().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let rec = record(&ctx, &id).await?;
+    let mut rx = node_of(&ctx, &rec)?.exec(&id, req).await?;
+    if q.stream {
+        return Ok(stream::sse(rx).into_response());
+    }
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut exit = None;
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            OutputEvent::Output(s, bytes) => {
+                let buf = if s == Stream::Stdout { &mut out } else { &mut err };
+                let room = BUFFER_LIMIT.saturating_sub(buf.len());
+                buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+            OutputEvent::Exit(info) => exit = Some(info),
+        }
+    }
+    let exit = exit.ok_or_else(|| ApiError::Internal("exec ended without an exit status".into()))?;
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    Ok(Json(ExecResult { stdout: text(out), stderr: text(err), exit }).into_response())
+}
+
+/// Query of `logs`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LogsQuery {
+    /// Keep streaming until the sandbox ends.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// The main process's output as Server-Sent Events.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/logs", params(("id" = String, Path, description = "Sandbox id"), LogsQuery),
+    responses((status = 200, description = "text/event-stream of stdout/stderr events, and exit once ended"), (status = 404, body = ErrorBody)))]
+pub async fn logs(State(ctx): State<Ctx>, Path(id): Path<String>, Query(q): Query<LogsQuery>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let rec = record(&ctx, &id).await?;
+    // Queued sandboxes have no node yet: the logs are read where they will be written.
+    let node = match node_of(&ctx, &rec) {
+        Ok(n) => n,
+        Err(_) => ctx.moirai.nodes.values().next().cloned().ok_or_else(|| ApiError::Internal("no node in this realm".into()))?,
+    };
+    Ok(stream::sse(node.logs(&id, q.follow)).into_response())
+}
+
+/// Freeze a running sandbox.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/pause", params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = SandboxRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn pause(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<SandboxRecord>, ApiError> {
+    let id = parse_id(&id)?;
+    let rec = record(&ctx, &id).await?;
+    Ok(Json(node_of(&ctx, &rec)?.pause(&id).await?))
+}
+
+/// Thaw a paused sandbox.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/resume", params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = SandboxRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn resume(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<SandboxRecord>, ApiError> {
+    let id = parse_id(&id)?;
+    let rec = record(&ctx, &id).await?;
+    Ok(Json(node_of(&ctx, &rec)?.resume(&id).await?))
+}

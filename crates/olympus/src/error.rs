@@ -1,0 +1,100 @@
+//! API errors: one table maps each kind to its HTTP status and stable `code`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable, machine-readable code (see docs/api.md).
+    pub code: &'static str,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+/// Every way an API call can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON of the right shape.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// No or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A policy refused the request.
+    #[error("{0}")]
+    PolicyDenied(String),
+    /// No such sandbox.
+    #[error("{0}")]
+    SandboxNotFound(String),
+    /// No such route or resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// The sandbox is not in a state that allows this.
+    #[error("{0}")]
+    NotRunning(String),
+    /// A resource with this name exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// A field is out of bounds.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The template does not exist.
+    #[error("{0}")]
+    UnknownTemplate(String),
+    /// A quota refused the request.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// A fault of Tartarus itself.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Status and code, the single table of the API's errors.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::PolicyDenied(_) => (StatusCode::FORBIDDEN, "policy_denied"),
+            Self::SandboxNotFound(_) => (StatusCode::NOT_FOUND, "sandbox_not_found"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            Self::UnknownTemplate(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_template"),
+            Self::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(code, message = %self, "request failed");
+        }
+        (status, Json(ErrorBody { code, message: self.to_string() })).into_response()
+    }
+}
+
+impl From<tartarus_store::StoreError> for ApiError {
+    fn from(e: tartarus_store::StoreError) -> Self {
+        Self::Internal(tartarus_hecatoncheir::agent::error_chain(&e))
+    }
+}
+
+impl From<tartarus_hecatoncheir::AgentError> for ApiError {
+    fn from(e: tartarus_hecatoncheir::AgentError) -> Self {
+        use tartarus_hecatoncheir::AgentError as A;
+        match e {
+            A::NotFound(id) => Self::SandboxNotFound(format!("no sandbox {id}")),
+            e @ A::NotRunning { .. } => Self::NotRunning(e.to_string()),
+            e => Self::Internal(tartarus_hecatoncheir::agent::error_chain(&e)),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The Judges — Minos (quota), Rhadamanthus (policy) and Aeacus (audit) give each soul its verdict.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tartarus_core::{Ruling, SandboxSpec, SandboxState, Verdict};
+use tartarus_store::{SandboxFilter, SandboxStore};
+
+use crate::cerberus::Principal;
+use crate::error::ApiError;
+
+/// One judge of the tribunal.
+#[async_trait]
+pub trait Judge: Send + Sync {
+    /// The judge's name, as recorded in verdicts.
+    fn name(&self) -> &'static str;
+    /// Rules on a soul. `Err` only when the judge could not rule (a store failure).
+    async fn rule(&self, who: &Principal, spec: &SandboxSpec) -> Result<Ruling, ApiError>;
+}
+
+fn ruling(judge: &str, approved: bool, reason: impl Into<String>) -> Ruling {
+    Ruling { judge: judge.into(), approved, reason: reason.into() }
+}
+
+/// Minos — quota: how many live sandboxes a tenant may have.
+pub struct Minos {
+    /// The store, to count live sandboxes.
+    pub store: Arc<dyn SandboxStore>,
+    /// Most sandboxes not yet ended, per tenant.
+    pub max_live_per_tenant: usize,
+}
+
+#[async_trait]
+impl Judge for Minos {
+    fn name(&self) -> &'static str {
+        "minos"
+    }
+
+    async fn rule(&self, who: &Principal, _spec: &SandboxSpec) -> Result<Ruling, ApiError> {
+        let filter = SandboxFilter {
+            states: vec![SandboxState::Queued, SandboxState::Starting, SandboxState::Running, SandboxState::Paused],
+            tenant: Some(who.tenant.clone()),
+            ..Default::default()
+        };
+        let live = self.store.list(&filter).await?.len();
+        Ok(if live < self.max_live_per_tenant {
+            ruling(self.name(), true, format!("{live} of {} live sandboxes in use", self.max_live_per_tenant))
+        } else {
+            ruling(self.name(), false, format!("tenant {} already has {live} live sandboxes (quota {}); wait for some to end or kill them", who.tenant, self.max_live_per_tenant))
+        })
+    }
+}
+
+/// The policy Rhadamanthus applies (Themis's law).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Largest memory a sandbox may ask for, MiB.
+    pub max_memory_mib: u64,
+    /// Most vCPUs a sandbox may ask for.
+    pub max_vcpus: u32,
+    /// Longest `max_duration`.
+    pub max_duration: Duration,
+}
+
+/// Rhadamanthus — policy: what a single soul may ask for.
+pub struct Rhadamanthus {
+    /// The policy in force.
+    pub policy: Policy,
+}
+
+#[async_trait]
+impl Judge for Rhadamanthus {
+    fn name(&self) -> &'static str {
+        "rhadamanthus"
+    }
+
+    async fn rule(&self, _who: &Principal, spec: &SandboxSpec) -> Result<Ruling, ApiError> {
+        let p = &self.policy;
+        let r = &spec.resources;
+        Ok(if r.memory_mib > p.max_memory_mib {
+            ruling(self.name(), false, format!("memory {} MiB is above this realm's limit of {} MiB", r.memory_mib, p.max_memory_mib))
+        } else if r.vcpus > p.max_vcpus {
+            ruling(self.name(), false, format!("{} vCPUs is above this realm's limit of {}", r.vcpus, p.max_vcpus))
+        } else if spec.max_duration() > p.max_duration {
+            ruling(self.name(), false, format!("max_duration is above this realm's limit of {}", humantime(p.max_duration)))
+        } else {
+            ruling(self.name(), true, "within policy")
+        })
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+/// Aeacus — audit: every verdict, approved or not, appended to a JSON-lines file.
+pub struct Aeacus {
+    log: Mutex<std::fs::File>,
+}
+
+impl Aeacus {
+    /// Appends to `path` (created if absent).
+    pub fn open(path: PathBuf) -> std::io::Result<Self> {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { log: Mutex::new(f) })
+    }
+
+    fn record(&self, verdict: &Verdict, spec: &SandboxSpec) {
+        let line = serde_json::json!({
+            "at": verdict.judged_at,
+            "principal": verdict.principal,
+            "tenant": spec.tenant,
+            "template": spec.template,
+            "command": spec.command,
+            "resources": spec.resources,
+            "approved": verdict.approved(),
+            "rulings": verdict.rulings,
+        });
+        let mut f = self.log.lock().expect("lock");
+        if let Err(e) = writeln!(f, "{line}") {
+            tracing::error!(error = %e, "audit log write failed");
+        }
+    }
+}
+
+/// The tribunal: the judges in order, then the audit.
+pub struct Tribunal {
+    /// Judges that may refuse, in order.
+    pub judges: Vec<Arc<dyn Judge>>,
+    /// The audit.
+    pub aeacus: Aeacus,
+}
+
+impl Tribunal {
+    /// Judges a soul: a verdict when all approve, else the first refusal as an error.
+    pub async fn judge(&self, who: &Principal, spec: &SandboxSpec) -> Result<Verdict, ApiError> {
+        let mut rulings = Vec::new();
+        for j in &self.judges {
+            let r = j.rule(who, spec).await?;
+            let refused = !r.approved;
+            rulings.push(r);
+            if refused {
+                break;
+            }
+        }
+        rulings.push(ruling("aeacus", true, "recorded in the audit log"));
+        let verdict = Verdict { principal: who.name.clone(), rulings, judged_at: Utc::now() };
+        self.aeacus.record(&verdict, spec);
+        match verdict.refusal() {
+            Some(r) if r.judge == "minos" => Err(ApiError::QuotaExceeded(r.reason.clone())),
+            Some(r) => Err(ApiError::PolicyDenied(r.reason.clone())),
+            None => Ok(verdict),
+        }
+    }
+}

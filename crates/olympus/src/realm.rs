@@ -1,0 +1,94 @@
+//! The realm's control plane assembled: state, judges, scheduler, API, and its serving loop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tartarus_store::{Events, State};
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::api::{self, Ctx};
+use crate::cerberus::Cerberus;
+use crate::judges::{Aeacus, Minos, Policy, Rhadamanthus, Tribunal};
+use crate::metrics::Metrics;
+use crate::moirai::{Moirai, Node};
+
+/// How Olympus is set up.
+#[derive(Debug, Clone)]
+pub struct OlympusConfig {
+    /// The admin API key.
+    pub admin_token: String,
+    /// The data directory (audit log, templates).
+    pub data_dir: PathBuf,
+    /// Most live sandboxes per tenant.
+    pub max_live_per_tenant: usize,
+    /// The policy.
+    pub policy: Policy,
+}
+
+/// The control plane.
+pub struct Olympus {
+    ctx: Ctx,
+    cerberus: Cerberus,
+}
+
+impl Olympus {
+    /// Assembles the control plane over `state` and its nodes, and starts the scheduler.
+    pub async fn start(cfg: OlympusConfig, state: State, events: Events, nodes: Vec<Arc<dyn Node>>) -> std::io::Result<Self> {
+        let templates_dir = cfg.data_dir.join("templates");
+        std::fs::create_dir_all(&templates_dir)?;
+        let metrics = Metrics::default();
+        let tribunal = Tribunal {
+            judges: vec![
+                Arc::new(Minos { store: state.sandboxes.clone(), max_live_per_tenant: cfg.max_live_per_tenant }),
+                Arc::new(Rhadamanthus { policy: cfg.policy.clone() }),
+            ],
+            aeacus: Aeacus::open(cfg.data_dir.join("audit.log"))?,
+        };
+        let nodes: HashMap<String, Arc<dyn Node>> = nodes.into_iter().map(|n| (n.info().name, n)).collect();
+        // Register the nodes before the first placement.
+        for n in nodes.values() {
+            state.hades.heartbeat(&n.info()).await.map_err(std::io::Error::other)?;
+        }
+        let moirai = Arc::new(Moirai { state: state.clone(), events: events.clone(), nodes, metrics: metrics.clone() });
+        tokio::spawn(moirai.clone().run());
+        tokio::spawn(moirai.clone().heartbeats());
+        tokio::spawn(count_endings(events.clone(), metrics.clone()));
+        let ctx = Ctx { state, events, tribunal: Arc::new(tribunal), moirai, metrics, templates_dir };
+        Ok(Self { ctx, cerberus: Cerberus::with_admin_key(cfg.admin_token) })
+    }
+
+    /// The HTTP application.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.ctx.clone(), self.cerberus.clone())
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let addr: SocketAddr = listener.local_addr()?;
+        info!(%addr, "Olympus serving");
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+    }
+}
+
+/// Counts sandboxes as they end, and how long they took to start.
+async fn count_endings(events: Events, metrics: Metrics) {
+    let mut rx = events.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(r) if r.state.is_terminal() => metrics.ended.with_label_values(&[r.state.as_str()]).inc(),
+            Ok(r) if r.state == tartarus_core::SandboxState::Running => {
+                if let Some(started) = r.started_at {
+                    let secs = (started - r.created_at).to_std().unwrap_or(Duration::ZERO).as_secs_f64();
+                    metrics.start_seconds.observe(secs);
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+    }
+}
