@@ -260,21 +260,17 @@ impl Hecatoncheir {
         self.finish(&id, reason).await;
     }
 
-    /// Records the end of sandbox `id` from its shim's exit status and its accounting.
+    /// Records the end of sandbox `id` from its shim's exit status and its accounting, then
+    /// releases what it held (Thanatos) and wipes its writable layer (Lethe).
     async fn finish(&self, id: &SandboxId, reason: Option<KillReason>) {
         let dir = self.dir(id);
         let exit = ShimExit::read(&dir.exit_file());
-        let stats = match self.runtime.destroy(id).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(sandbox = %id, error = %error_chain(&e), "releasing the sandbox failed");
-                SandboxStats::default()
-            }
-        };
-        if let Err(e) = dir.forget() {
-            warn!(sandbox = %id, error = %e, "wiping the writable layer failed");
-        }
-        self.live.lock().expect("lock").remove(id);
+        // The accounting is read before anything is released; the record is written before
+        // the slower release, so whoever waits for the outcome is not kept waiting.
+        let stats = self.runtime.stats(id).await.unwrap_or_else(|e| {
+            warn!(sandbox = %id, error = %error_chain(&e), "reading the sandbox's accounting failed");
+            SandboxStats::default()
+        });
         let outcome = self
             .record(id, move |r| {
                 r.ended_at = Some(Utc::now());
@@ -302,6 +298,13 @@ impl Hecatoncheir {
             Ok(None) => warn!(sandbox = %id, "ended sandbox has no record"),
             Err(e) => warn!(sandbox = %id, error = %e, "could not record the end of a sandbox"),
         }
+        if let Err(e) = self.runtime.destroy(id).await {
+            warn!(sandbox = %id, error = %error_chain(&e), "releasing the sandbox failed");
+        }
+        if let Err(e) = dir.forget() {
+            warn!(sandbox = %id, error = %e, "wiping the writable layer failed");
+        }
+        self.live.lock().expect("lock").remove(id);
     }
 
     /// Finds the sandboxes this node was running before a restart: watches the living again,
