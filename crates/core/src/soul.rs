@@ -40,11 +40,7 @@ impl Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Self {
-            vcpus: Self::default_vcpus(),
-            memory_mib: Self::default_memory(),
-            disk_mib: Self::default_disk(),
-        }
+        Self { vcpus: Self::default_vcpus(), memory_mib: Self::default_memory(), disk_mib: Self::default_disk() }
     }
 }
 
@@ -116,13 +112,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) if s.is_finite() && s >= 0.0 && s < 1e12 => {
-                Ok(Self(Duration::from_secs_f64(s)))
-            }
+            Raw::Secs(s) if s.is_finite() && (0.0..1e12).contains(&s) => Ok(Self(Duration::from_secs_f64(s))),
             Raw::Secs(s) => Err(serde::de::Error::custom(format!("{s} is not a duration in seconds"))),
-            Raw::Text(t) => humantime::parse_duration(t.trim())
-                .map(Self)
-                .map_err(|e| serde::de::Error::custom(format!("{t:?} is not a duration ({e}); use e.g. \"30s\" or \"5m\""))),
+            Raw::Text(t) => humantime::parse_duration(t.trim()).map(Self).map_err(|e| {
+                serde::de::Error::custom(format!("{t:?} is not a duration ({e}); use e.g. \"30s\" or \"5m\""))
+            }),
         }
     }
 }
@@ -282,7 +276,10 @@ pub fn validate_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), S
         let name_ok = k.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
             && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !name_ok {
-            return Err(bad(format!("{field}.{k}"), "variable names are letters, digits and _, not starting with a digit"));
+            return Err(bad(
+                format!("{field}.{k}"),
+                "variable names are letters, digits and _, not starting with a digit",
+            ));
         }
         if v.contains('\0') {
             return Err(bad(format!("{field}.{k}"), "values may not contain NUL bytes"));
@@ -314,17 +311,25 @@ impl SoulRequest {
             return Err(bad("resources.vcpus", format!("{} is outside {:?}", r.vcpus, limits::VCPUS)));
         }
         if !limits::MEMORY_MIB.contains(&r.memory_mib) {
-            return Err(bad("resources.memory_mib", format!("{} MiB is outside {:?} MiB", r.memory_mib, limits::MEMORY_MIB)));
+            return Err(bad(
+                "resources.memory_mib",
+                format!("{} MiB is outside {:?} MiB", r.memory_mib, limits::MEMORY_MIB),
+            ));
         }
         if !limits::DISK_MIB.contains(&r.disk_mib) {
             return Err(bad("resources.disk_mib", format!("{} MiB is outside {:?} MiB", r.disk_mib, limits::DISK_MIB)));
         }
         let max = self.max_duration.map_or(limits::DEFAULT_DURATION, |d| d.0);
         if max.is_zero() || max > limits::MAX_DURATION {
-            return Err(bad("max_duration", format!("{} must be more than 0 and at most 24h", humantime::format_duration(max))));
+            return Err(bad(
+                "max_duration",
+                format!("{} must be more than 0 and at most 24h", humantime::format_duration(max)),
+            ));
         }
         let idle = match (&self.command, self.idle_timeout) {
-            (Some(_), Some(_)) => return Err(bad("idle_timeout", "only session sandboxes (without a command) have an idle timeout")),
+            (Some(_), Some(_)) => {
+                return Err(bad("idle_timeout", "only session sandboxes (without a command) have an idle timeout"))
+            }
             (Some(_), None) => None,
             (None, Some(d)) if d.0.is_zero() => return Err(bad("idle_timeout", "must be more than 0")),
             (None, d) => Some(d.map_or(limits::DEFAULT_IDLE, |d| d.0)),
@@ -333,8 +338,8 @@ impl SoulRequest {
             return Err(bad("labels", format!("at most {} labels", limits::LABELS)));
         }
         for (k, v) in &self.labels {
-            let key_ok = (1..=63).contains(&k.len())
-                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+            let key_ok =
+                (1..=63).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
             if !key_ok {
                 return Err(bad(format!("labels.{k}"), "keys are 1-63 of letters, digits, . _ - /"));
             }

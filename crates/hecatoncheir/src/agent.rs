@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tartarus_core::{
-    ExecRequest, ExitInfo, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SandboxState, SandboxStats, Stream,
+    ExecRequest, ExitInfo, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SandboxState, SandboxStats,
+    Stream,
 };
 use tartarus_store::{Events, SandboxFilter, State, StoreError};
 use tokio::io::AsyncReadExt;
@@ -138,7 +139,11 @@ impl Hecatoncheir {
     }
 
     /// Changes a record and announces the change.
-    async fn record(&self, id: &SandboxId, change: impl FnOnce(&mut SandboxRecord) + Send + 'static) -> Result<Option<SandboxRecord>, StoreError> {
+    async fn record(
+        &self,
+        id: &SandboxId,
+        change: impl FnOnce(&mut SandboxRecord) + Send + 'static,
+    ) -> Result<Option<SandboxRecord>, StoreError> {
         let rec = self.state.sandboxes.update(id, Box::new(change)).await?;
         if let Some(r) = &rec {
             self.events.publish(r);
@@ -174,7 +179,11 @@ impl Hecatoncheir {
         if let Some(argv) = &spec.command {
             let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
             if rootfs::find_program(&template.rootfs, &argv[0], path_var, &spec.workdir).is_none() {
-                self.fail(id, format!("command not found: {:?} is not an executable in template {}", argv[0], spec.template)).await?;
+                self.fail(
+                    id,
+                    format!("command not found: {:?} is not an executable in template {}", argv[0], spec.template),
+                )
+                .await?;
                 return Ok(());
             }
         }
@@ -219,7 +228,13 @@ impl Hecatoncheir {
     }
 
     /// Watches one sandbox to its end and records how it ended.
-    async fn supervise(self: Arc<Self>, rec: SandboxRecord, mut shim: ShimHandle, mut kill_rx: mpsc::UnboundedReceiver<KillReason>, last_active: Arc<Mutex<Instant>>) {
+    async fn supervise(
+        self: Arc<Self>,
+        rec: SandboxRecord,
+        mut shim: ShimHandle,
+        mut kill_rx: mpsc::UnboundedReceiver<KillReason>,
+        last_active: Arc<Mutex<Instant>>,
+    ) {
         let id = rec.id.clone();
         let started = rec.started_at.unwrap_or(rec.created_at);
         let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
@@ -326,7 +341,10 @@ impl Hecatoncheir {
                 Some(pid) if is_shim_of(pid, &dir) => {
                     let (kill_tx, kill_rx) = mpsc::unbounded_channel();
                     let last_active = now_active();
-                    self.live.lock().expect("lock").insert(id.clone(), Live { kill: kill_tx, last_active: last_active.clone() });
+                    self.live
+                        .lock()
+                        .expect("lock")
+                        .insert(id.clone(), Live { kill: kill_tx, last_active: last_active.clone() });
                     info!(sandbox = %id, pid, "re-adopted running sandbox");
                     tokio::spawn(self.clone().supervise(rec, ShimHandle::Adopted(pid), kill_rx, last_active));
                     report.adopted.push(id);
@@ -341,7 +359,8 @@ impl Hecatoncheir {
                     self.record(&id, |r| {
                         r.state = SandboxState::Lost;
                         r.ended_at = Some(Utc::now());
-                        r.error = Some("its shim was gone when the agent restarted and no exit status was recorded".into());
+                        r.error =
+                            Some("its shim was gone when the agent restarted and no exit status was recorded".into());
                     })
                     .await?;
                     warn!(sandbox = %id, "sandbox lost");
@@ -422,8 +441,18 @@ impl Hecatoncheir {
                 status
             };
             let exit = match tokio::time::timeout(limit, run).await {
-                Err(_) => ExitInfo { state: SandboxState::Killed, exit_code: None, kill_reason: Some(KillReason::Timeout), error: None },
-                Ok(Err(e)) => ExitInfo { state: SandboxState::Failed, exit_code: None, kill_reason: None, error: Some(format!("exec: {e}")) },
+                Err(_) => ExitInfo {
+                    state: SandboxState::Killed,
+                    exit_code: None,
+                    kill_reason: Some(KillReason::Timeout),
+                    error: None,
+                },
+                Ok(Err(e)) => ExitInfo {
+                    state: SandboxState::Failed,
+                    exit_code: None,
+                    kill_reason: None,
+                    error: Some(format!("exec: {e}")),
+                },
                 Ok(Ok(status)) => {
                     let code = status.code();
                     let said = String::from_utf8_lossy(&runtime_said.lock().expect("lock")).into_owned();
@@ -457,7 +486,12 @@ impl Hecatoncheir {
 }
 
 /// Forwards a pipe as output events; keeps the last bytes in `keep` when asked.
-async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<OutputEvent>, keep: Option<Arc<Mutex<Vec<u8>>>>) {
+async fn pump(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    stream: Stream,
+    tx: mpsc::Sender<OutputEvent>,
+    keep: Option<Arc<Mutex<Vec<u8>>>>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match pipe.read(&mut buf).await {

@@ -100,7 +100,9 @@ impl Cgroup {
         let mem = (res.memory_mib + RUNTIME_OVERHEAD_MIB) * 1024 * 1024;
         let period = 100_000u64;
         let quota = u64::from(res.vcpus) * period;
-        let mkdir = |p: PathBuf| std::fs::create_dir_all(&p).map_err(|source| CgroupError { action: "create", path: p, source });
+        let mkdir = |p: PathBuf| {
+            std::fs::create_dir_all(&p).map_err(|source| CgroupError { action: "create", path: p, source })
+        };
         match self.version {
             CgroupVersion::V1 => {
                 for c in V1_CONTROLLERS {

@@ -51,7 +51,13 @@ impl Tail {
 
 /// Streams the logs of sandbox `id`. Without `follow`: what is there now, then its exit if it
 /// has ended. With `follow`: everything until the sandbox ends, then its exit.
-pub fn logs(store: std::sync::Arc<dyn SandboxStore>, events: Events, dir: SandboxDir, id: SandboxId, follow: bool) -> mpsc::Receiver<OutputEvent> {
+pub fn logs(
+    store: std::sync::Arc<dyn SandboxStore>,
+    events: Events,
+    dir: SandboxDir,
+    id: SandboxId,
+    follow: bool,
+) -> mpsc::Receiver<OutputEvent> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let mut tails = [

@@ -60,7 +60,11 @@ pub fn find_program(root: &Path, argv0: &str, path_var: &str, workdir: &str) -> 
         let inside = if argv0.starts_with('/') { argv0.to_owned() } else { format!("{workdir}/{argv0}") };
         return executable(&inside).then_some(inside);
     }
-    path_var.split(':').filter(|d| d.starts_with('/')).map(|d| format!("{}/{argv0}", d.trim_end_matches('/'))).find(|p| executable(p))
+    path_var
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(|d| format!("{}/{argv0}", d.trim_end_matches('/')))
+        .find(|p| executable(p))
 }
 
 #[cfg(test)]

@@ -95,7 +95,9 @@ pub fn pid_alive(pid: u32) -> bool {
 pub fn is_shim_of(pid: u32, dir: &SandboxDir) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    pid_alive(pid) && args.iter().any(|a| *a == b"shim") && args.iter().any(|a| *a == dir.root().as_os_str().as_encoded_bytes())
+    pid_alive(pid)
+        && args.iter().any(|a| *a == b"shim")
+        && args.iter().any(|a| *a == dir.root().as_os_str().as_encoded_bytes())
 }
 
 impl ShimSpec {
@@ -135,7 +137,10 @@ pub fn run(dir: &Path) -> io::Result<ShimExit> {
         Ok(s) => ShimExit { code: s.code(), signal: s.signal() },
         Err(e) => {
             // Record the failure where the agent will look for it.
-            let _ = std::io::Write::write_all(&mut open(&spec.stderr)?, format!("tartarus shim: cannot start {program}: {e}\n").as_bytes());
+            let _ = std::io::Write::write_all(
+                &mut open(&spec.stderr)?,
+                format!("tartarus shim: cannot start {program}: {e}\n").as_bytes(),
+            );
             ShimExit { code: Some(127), signal: None }
         }
     };

@@ -50,7 +50,14 @@ impl Judge for Minos {
         Ok(if live < self.max_live_per_tenant {
             ruling(self.name(), true, format!("{live} of {} live sandboxes in use", self.max_live_per_tenant))
         } else {
-            ruling(self.name(), false, format!("tenant {} already has {live} live sandboxes (quota {}); wait for some to end or kill them", who.tenant, self.max_live_per_tenant))
+            ruling(
+                self.name(),
+                false,
+                format!(
+                    "tenant {} already has {live} live sandboxes (quota {}); wait for some to end or kill them",
+                    who.tenant, self.max_live_per_tenant
+                ),
+            )
         })
     }
 }
@@ -82,11 +89,19 @@ impl Judge for Rhadamanthus {
         let p = &self.policy;
         let r = &spec.resources;
         Ok(if r.memory_mib > p.max_memory_mib {
-            ruling(self.name(), false, format!("memory {} MiB is above this realm's limit of {} MiB", r.memory_mib, p.max_memory_mib))
+            ruling(
+                self.name(),
+                false,
+                format!("memory {} MiB is above this realm's limit of {} MiB", r.memory_mib, p.max_memory_mib),
+            )
         } else if r.vcpus > p.max_vcpus {
             ruling(self.name(), false, format!("{} vCPUs is above this realm's limit of {}", r.vcpus, p.max_vcpus))
         } else if spec.max_duration() > p.max_duration {
-            ruling(self.name(), false, format!("max_duration is above this realm's limit of {}", humantime(p.max_duration)))
+            ruling(
+                self.name(),
+                false,
+                format!("max_duration is above this realm's limit of {}", humantime(p.max_duration)),
+            )
         } else {
             ruling(self.name(), true, "within policy")
         })

@@ -24,10 +24,15 @@ impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new_custom(Some("tartarus".into()), None).expect("registry");
         let admitted = IntCounter::new("sandboxes_admitted_total", "Souls admitted by the judges").expect("metric");
-        let refused = IntCounterVec::new(Opts::new("sandboxes_refused_total", "Souls refused, by error code"), &["code"]).expect("metric");
-        let ended = IntCounterVec::new(Opts::new("sandboxes_ended_total", "Sandboxes ended, by final state"), &["state"]).expect("metric");
+        let refused =
+            IntCounterVec::new(Opts::new("sandboxes_refused_total", "Souls refused, by error code"), &["code"])
+                .expect("metric");
+        let ended =
+            IntCounterVec::new(Opts::new("sandboxes_ended_total", "Sandboxes ended, by final state"), &["state"])
+                .expect("metric");
         let running = IntGauge::new("sandboxes_running", "Sandboxes running on this realm's nodes").expect("metric");
-        let queue_depth = IntGauge::new("acheron_depth", "Entries waiting or unacknowledged in Acheron").expect("metric");
+        let queue_depth =
+            IntGauge::new("acheron_depth", "Entries waiting or unacknowledged in Acheron").expect("metric");
         let start_seconds = Histogram::with_opts(
             HistogramOpts::new("sandbox_start_seconds", "From admission to running")
                 .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0]),

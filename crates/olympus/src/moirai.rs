@@ -52,7 +52,13 @@ impl Node for Arc<Hecatoncheir> {
         Hecatoncheir::exec(self, id, req).await
     }
     fn logs(&self, id: &SandboxId, follow: bool) -> mpsc::Receiver<OutputEvent> {
-        tartarus_hecatoncheir::hermes::logs(self.state().sandboxes.clone(), self.events().clone(), self.dir(id), id.clone(), follow)
+        tartarus_hecatoncheir::hermes::logs(
+            self.state().sandboxes.clone(),
+            self.events().clone(),
+            self.dir(id),
+            id.clone(),
+            follow,
+        )
     }
     async fn pause(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError> {
         Hecatoncheir::pause(self, id).await
@@ -66,7 +72,7 @@ impl Node for Arc<Hecatoncheir> {
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(30);
 
 /// Lachesis — the nodes able to take a soul asking for `memory_mib` and `vcpus`.
-pub fn lachesis<'a>(nodes: &'a [NodeInfo], memory_mib: u64, vcpus: u32) -> impl Iterator<Item = &'a NodeInfo> {
+pub fn lachesis(nodes: &[NodeInfo], memory_mib: u64, vcpus: u32) -> impl Iterator<Item = &NodeInfo> {
     let fresh_since = Utc::now() - chrono::Duration::from_std(HEARTBEAT_TTL).expect("small");
     nodes.iter().filter(move |n| n.heartbeat_at >= fresh_since && n.memory_mib >= memory_mib && n.vcpus >= vcpus)
 }

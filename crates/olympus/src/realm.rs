@@ -37,7 +37,12 @@ pub struct Olympus {
 
 impl Olympus {
     /// Assembles the control plane over `state` and its nodes, and starts the scheduler.
-    pub async fn start(cfg: OlympusConfig, state: State, events: Events, nodes: Vec<Arc<dyn Node>>) -> std::io::Result<Self> {
+    pub async fn start(
+        cfg: OlympusConfig,
+        state: State,
+        events: Events,
+        nodes: Vec<Arc<dyn Node>>,
+    ) -> std::io::Result<Self> {
         let templates_dir = cfg.data_dir.join("templates");
         std::fs::create_dir_all(&templates_dir)?;
         let metrics = Metrics::default();
@@ -67,7 +72,11 @@ impl Olympus {
     }
 
     /// Serves the API on `listener` until `shutdown` completes.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let addr: SocketAddr = listener.local_addr()?;
         info!(%addr, "Olympus serving");
         axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await

@@ -65,7 +65,13 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || f(&db)).await.expect("store task panicked")
     }
 
-    fn put(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str, value: &[u8], must_be_new: bool) -> Result<(), StoreError> {
+    fn put(
+        db: &Database,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &[u8],
+        must_be_new: bool,
+    ) -> Result<(), StoreError> {
         let err = db_err("write");
         let tx = db.begin_write().map_err(|e| db_err("write")(e.into()))?;
         {
@@ -78,7 +84,11 @@ impl EmbeddedStore {
         tx.commit().map_err(|e| err(e.into()))
     }
 
-    fn get_one<T: DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>, StoreError> {
+    fn get_one<T: DeserializeOwned>(
+        db: &Database,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         let tx = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
         let t = tx.open_table(table).map_err(|e| db_err("read")(e.into()))?;
         let v = t.get(key).map_err(|e| db_err("read")(e.into()))?;
@@ -129,10 +139,11 @@ impl SandboxStore for EmbeddedStore {
             let tx = db.begin_write().map_err(|e| db_err("update")(e.into()))?;
             let rec = {
                 let mut t = tx.open_table(SANDBOXES).map_err(|e| db_err("update")(e.into()))?;
-                let current: Option<SandboxRecord> = match t.get(key.as_str()).map_err(|e| db_err("update")(e.into()))? {
-                    Some(v) => Some(decode(&key, v.value())?),
-                    None => None,
-                };
+                let current: Option<SandboxRecord> =
+                    match t.get(key.as_str()).map_err(|e| db_err("update")(e.into()))? {
+                        Some(v) => Some(decode(&key, v.value())?),
+                        None => None,
+                    };
                 let Some(mut rec) = current else { return Ok(None) };
                 if rec.state.is_terminal() {
                     return Ok(Some(rec));
@@ -234,7 +245,9 @@ impl Acheron for EmbeddedStore {
         let in_flight = self.in_flight.clone();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(|e| db_err("ack")(e.into()))?;
-            tx.open_table(ACHERON).and_then(|mut t| t.remove(seq).map(|_| ()).map_err(Into::into)).map_err(|e| db_err("ack")(e.into()))?;
+            tx.open_table(ACHERON)
+                .and_then(|mut t| t.remove(seq).map(|_| ()).map_err(Into::into))
+                .map_err(|e| db_err("ack")(e.into()))?;
             tx.commit().map_err(|e| db_err("ack")(e.into()))?;
             in_flight.lock().expect("lock").remove(&seq);
             Ok(())

@@ -28,7 +28,11 @@ impl Events {
 
     /// Waits until sandbox `id` is in a terminal state and returns its record
     /// (`None`: no such sandbox).
-    pub async fn wait_terminal(&self, store: &dyn SandboxStore, id: &SandboxId) -> Result<Option<SandboxRecord>, StoreError> {
+    pub async fn wait_terminal(
+        &self,
+        store: &dyn SandboxStore,
+        id: &SandboxId,
+    ) -> Result<Option<SandboxRecord>, StoreError> {
         let mut rx = self.subscribe();
         // Subscribe first, then look: a change between the two is not missed.
         match store.get(id).await? {

@@ -19,7 +19,9 @@ use super::Global;
 
 /// Arguments of `tartarus up`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  tartarus up                                # 127.0.0.1:7070, data in /var/lib/tartarus\n  tartarus up --listen 0.0.0.0:7070 --platform ptrace\n  tartarus --data-dir /tmp/realm up --listen 127.0.0.1:0   # any free port\n\nThe admin token is printed and written to <data-dir>/admin.token; client verbs on this\nmachine read it from there. Sandboxes keep running if the realm stops; the next `up`\nre-adopts them (or records them as lost).")]
+#[command(
+    after_help = "Examples:\n  tartarus up                                # 127.0.0.1:7070, data in /var/lib/tartarus\n  tartarus up --listen 0.0.0.0:7070 --platform ptrace\n  tartarus --data-dir /tmp/realm up --listen 127.0.0.1:0   # any free port\n\nThe admin token is printed and written to <data-dir>/admin.token; client verbs on this\nmachine read it from there. Sandboxes keep running if the realm stops; the next `up`\nre-adopts them (or records them as lost)."
+)]
 pub struct Args {
     /// Address to serve the API on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7070")]
@@ -47,7 +49,11 @@ pub struct Args {
 fn host_memory_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())))
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        })
         .flatten()
         .map_or(1024, |kb| kb / 1024)
 }
@@ -61,14 +67,22 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
         }
     }
     let token = format!("tt_{:032x}", rand_u128());
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).with_context(|| format!("writing {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(token.as_bytes())?;
     Ok((token, path))
 }
 
 fn rand_u128() -> u128 {
     let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).expect("/dev/urandom");
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .expect("/dev/urandom");
     u128::from_le_bytes(b)
 }
 
@@ -83,7 +97,10 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     }
     let data = &g.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating data dir {}", data.display()))?;
-    let store = Arc::new(EmbeddedStore::open(&data.join("state.redb")).context("opening the state database (is another `tartarus up` using this data dir?)")?);
+    let store = Arc::new(
+        EmbeddedStore::open(&data.join("state.redb"))
+            .context("opening the state database (is another `tartarus up` using this data dir?)")?,
+    );
     let state = State::embedded(store);
     let events = Events::default();
     let (token, token_path) = admin_token(data)?;
@@ -97,7 +114,9 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     })
     .context("setting up the gVisor runtime (see `tartarus doctor`)")?;
     let describe = tartarus_hecatoncheir::runtime::Runtime::describe(&runtime);
-    let node_name = args.node_name.clone().unwrap_or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node-1".into()));
+    let node_name = args.node_name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node-1".into())
+    });
     let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let memory_mib = host_memory_mib();
     let agent = Hecatoncheir::new(
@@ -126,7 +145,11 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             admin_token: token,
             data_dir: data.clone(),
             max_live_per_tenant: args.max_live,
-            policy: Policy { max_memory_mib: args.max_memory.unwrap_or(memory_mib), max_vcpus: vcpus.max(1) * 4, max_duration: Duration::from_secs(24 * 3600) },
+            policy: Policy {
+                max_memory_mib: args.max_memory.unwrap_or(memory_mib),
+                max_vcpus: vcpus.max(1) * 4,
+                max_duration: Duration::from_secs(24 * 3600),
+            },
         },
         state,
         events,
@@ -134,7 +157,8 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     )
     .await
     .context("starting Olympus")?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     {
         let mut out = std::io::stdout().lock();

@@ -137,7 +137,8 @@ pub trait Runtime: Send + Sync {
     async fn checkpoint(&self, id: &SandboxId, image_dir: &Path) -> Result<(), RuntimeError>;
 
     /// Prepares a sandbox that resumes from `image_dir` instead of starting fresh; start it with [`Runtime::start`].
-    async fn restore(&self, spec: &LaunchSpec, dir: &SandboxDir, image_dir: &Path) -> Result<MainCommand, RuntimeError>;
+    async fn restore(&self, spec: &LaunchSpec, dir: &SandboxDir, image_dir: &Path)
+        -> Result<MainCommand, RuntimeError>;
 
     /// What the runtime knows of `id` (`None`: nothing).
     async fn status(&self, id: &SandboxId) -> Result<Option<RuntimeStatus>, RuntimeError>;

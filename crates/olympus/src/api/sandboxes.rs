@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use tartarus_core::{ExecRequest, ExitInfo, KillReason, OutputEvent, SandboxId, SandboxRecord, SandboxState, SoulRequest, Stream};
+use tartarus_core::{
+    ExecRequest, ExitInfo, KillReason, OutputEvent, SandboxId, SandboxRecord, SandboxState, SoulRequest, Stream,
+};
 use tartarus_store::SandboxFilter;
 use utoipa::{IntoParams, ToSchema};
 
@@ -21,7 +23,8 @@ use crate::moirai::Node;
 
 /// Parses a sandbox id from a path; a string that is not an id is simply not found.
 fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
-    SandboxId::parse(raw).map_err(|_| ApiError::SandboxNotFound(format!("no sandbox {raw:?} (ids look like sb-0123456789abcdef)")))
+    SandboxId::parse(raw)
+        .map_err(|_| ApiError::SandboxNotFound(format!("no sandbox {raw:?} (ids look like sb-0123456789abcdef)")))
 }
 
 async fn record(ctx: &Ctx, id: &SandboxId) -> Result<SandboxRecord, ApiError> {
@@ -91,7 +94,11 @@ async fn admit(ctx: &Ctx, who: &Principal, req: SoulRequest) -> Result<SandboxRe
 }
 
 /// Waits until `id`'s record satisfies `done` (or is terminal).
-async fn wait_until(ctx: &Ctx, id: &SandboxId, done: impl Fn(&SandboxRecord) -> bool) -> Result<SandboxRecord, ApiError> {
+async fn wait_until(
+    ctx: &Ctx,
+    id: &SandboxId,
+    done: impl Fn(&SandboxRecord) -> bool,
+) -> Result<SandboxRecord, ApiError> {
     let mut rx = ctx.events.subscribe();
     loop {
         let rec = record(ctx, id).await?;
@@ -124,16 +131,23 @@ pub struct SandboxList {
 /// List sandboxes, newest first.
 #[utoipa::path(get, path = "/v1/sandboxes", params(ListQuery),
     responses((status = 200, body = SandboxList), (status = 422, body = ErrorBody)))]
-pub async fn list(State(ctx): State<Ctx>, Extension(who): Extension<Principal>, Query(q): Query<ListQuery>) -> Result<Json<SandboxList>, ApiError> {
+pub async fn list(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<SandboxList>, ApiError> {
     let mut filter = SandboxFilter { limit: q.limit, tenant: Some(who.tenant), ..Default::default() };
     for s in q.state.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
         filter.states.push(SandboxState::parse(s).ok_or_else(|| {
-            ApiError::InvalidRequest(format!("state: unknown state {s:?} (queued, starting, running, paused, exited, killed, failed, lost)"))
+            ApiError::InvalidRequest(format!(
+                "state: unknown state {s:?} (queued, starting, running, paused, exited, killed, failed, lost)"
+            ))
         })?);
     }
     let mut labels = BTreeMap::new();
     for l in q.label.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
-        let (k, v) = l.split_once('=').ok_or_else(|| ApiError::InvalidRequest(format!("label: {l:?} is not key=value")))?;
+        let (k, v) =
+            l.split_once('=').ok_or_else(|| ApiError::InvalidRequest(format!("label: {l:?} is not key=value")))?;
         labels.insert(k.to_owned(), v.to_owned());
     }
     filter.labels = labels;
@@ -192,7 +206,9 @@ pub async fn kill(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Resp
             }
         }
     }
-    let waited = tokio::time::timeout(Duration::from_secs(15), ctx.events.wait_terminal(ctx.state.sandboxes.as_ref(), &id)).await;
+    let waited =
+        tokio::time::timeout(Duration::from_secs(15), ctx.events.wait_terminal(ctx.state.sandboxes.as_ref(), &id))
+            .await;
     match waited {
         Ok(r) => Ok((StatusCode::OK, Json(r?.expect("exists"))).into_response()),
         Err(_) => Ok((StatusCode::ACCEPTED, Json(record(&ctx, &id).await?)).into_response()),
@@ -230,7 +246,12 @@ const BUFFER_LIMIT: usize = 16 * 1024 * 1024;
     responses(
         (status = 200, description = "text/event-stream of stdout/stderr/exit events, or with stream=false an ExecResult", body = ExecResult),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn exec(State(ctx): State<Ctx>, Path(id): Path<String>, Query(q): Query<ExecQuery>, Body(req): Body<ExecRequest>) -> Result<Response, ApiError> {
+pub async fn exec(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<ExecQuery>,
+    Body(req): Body<ExecRequest>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     req.validate().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let rec = record(&ctx, &id).await?;
@@ -266,13 +287,23 @@ pub struct LogsQuery {
 /// The main process's output as Server-Sent Events.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/logs", params(("id" = String, Path, description = "Sandbox id"), LogsQuery),
     responses((status = 200, description = "text/event-stream of stdout/stderr events, and exit once ended"), (status = 404, body = ErrorBody)))]
-pub async fn logs(State(ctx): State<Ctx>, Path(id): Path<String>, Query(q): Query<LogsQuery>) -> Result<Response, ApiError> {
+pub async fn logs(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let rec = record(&ctx, &id).await?;
     // Queued sandboxes have no node yet: the logs are read where they will be written.
     let node = match node_of(&ctx, &rec) {
         Ok(n) => n,
-        Err(_) => ctx.moirai.nodes.values().next().cloned().ok_or_else(|| ApiError::Internal("no node in this realm".into()))?,
+        Err(_) => ctx
+            .moirai
+            .nodes
+            .values()
+            .next()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("no node in this realm".into()))?,
     };
     Ok(stream::sse(node.logs(&id, q.follow)).into_response())
 }

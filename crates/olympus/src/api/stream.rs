@@ -31,20 +31,25 @@ impl Utf8Carry {
 
 /// An SSE response for an output stream.
 pub fn sse(rx: mpsc::Receiver<OutputEvent>) -> Sse<impl FuturesStream<Item = Result<Event, Infallible>>> {
-    let stream = futures::stream::unfold((rx, Utf8Carry::default(), Utf8Carry::default()), |(mut rx, mut out, mut err)| async move {
-        let ev = rx.recv().await?;
-        let event = match ev {
-            OutputEvent::Output(s, bytes) => {
-                let (name, carry) = match s {
-                    Stream::Stdout => ("stdout", &mut out),
-                    Stream::Stderr => ("stderr", &mut err),
-                };
-                Event::default().event(name).data(serde_json::to_string(&carry.push(&bytes)).expect("string"))
-            }
-            OutputEvent::Exit(info) => Event::default().event("exit").data(serde_json::to_string(&info).expect("exit info")),
-        };
-        Some((Ok(event), (rx, out, err)))
-    });
+    let stream = futures::stream::unfold(
+        (rx, Utf8Carry::default(), Utf8Carry::default()),
+        |(mut rx, mut out, mut err)| async move {
+            let ev = rx.recv().await?;
+            let event = match ev {
+                OutputEvent::Output(s, bytes) => {
+                    let (name, carry) = match s {
+                        Stream::Stdout => ("stdout", &mut out),
+                        Stream::Stderr => ("stderr", &mut err),
+                    };
+                    Event::default().event(name).data(serde_json::to_string(&carry.push(&bytes)).expect("string"))
+                }
+                OutputEvent::Exit(info) => {
+                    Event::default().event("exit").data(serde_json::to_string(&info).expect("exit info"))
+                }
+            };
+            Some((Ok(event), (rx, out, err)))
+        },
+    );
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

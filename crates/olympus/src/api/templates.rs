@@ -39,7 +39,10 @@ pub async fn list(State(ctx): State<Ctx>) -> Result<Json<TemplateList>, ApiError
 /// Copy a root filesystem directory into the realm as a new template.
 #[utoipa::path(post, path = "/v1/templates", request_body = ImportRequest,
     responses((status = 201, body = TemplateRecord), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn import(State(ctx): State<Ctx>, Body(req): Body<ImportRequest>) -> Result<(StatusCode, Json<TemplateRecord>), ApiError> {
+pub async fn import(
+    State(ctx): State<Ctx>,
+    Body(req): Body<ImportRequest>,
+) -> Result<(StatusCode, Json<TemplateRecord>), ApiError> {
     let name = TemplateName::parse(&req.name).map_err(|e| ApiError::InvalidRequest(format!("name: {e}")))?;
     let src = PathBuf::from(&req.path);
     if !src.is_absolute() {
@@ -53,7 +56,13 @@ pub async fn import(State(ctx): State<Ctx>, Body(req): Body<ImportRequest>) -> R
     }
     let dest = ctx.templates_dir.join(name.as_str());
     let size = copy_tree(&src, &dest).await?;
-    let rec = TemplateRecord { name, rootfs: dest.join("rootfs"), source: src.display().to_string(), size_bytes: size, created_at: Utc::now() };
+    let rec = TemplateRecord {
+        name,
+        rootfs: dest.join("rootfs"),
+        source: src.display().to_string(),
+        size_bytes: size,
+        created_at: Utc::now(),
+    };
     ctx.state.templates.put_template(&rec).await?;
     tracing::info!(template = %rec.name, bytes = size, "template imported");
     Ok((StatusCode::CREATED, Json(rec)))
@@ -75,7 +84,10 @@ async fn copy_tree(src: &Path, dest: &Path) -> Result<u64, ApiError> {
         .map_err(|e| io("running cp", e))?;
     if !out.status.success() {
         let _ = tokio::fs::remove_dir_all(&tmp).await;
-        return Err(ApiError::InvalidRequest(format!("path: copying failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(ApiError::InvalidRequest(format!(
+            "path: copying failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     let root = tmp.join("rootfs");
     let size = tokio::task::spawn_blocking(move || tree_size(&root)).await.expect("size task");

@@ -32,7 +32,13 @@ pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, cgroup: &str) -
     let mem = ((spec.resources.memory_mib + RUNTIME_OVERHEAD_MIB) * 1024 * 1024) as i64;
     let resources = LinuxResourcesBuilder::default()
         .memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build().expect("memory"))
-        .cpu(LinuxCpuBuilder::default().period(100_000u64).quota(i64::from(spec.resources.vcpus) * 100_000).build().expect("cpu"))
+        .cpu(
+            LinuxCpuBuilder::default()
+                .period(100_000u64)
+                .quota(i64::from(spec.resources.vcpus) * 100_000)
+                .build()
+                .expect("cpu"),
+        )
         .pids(LinuxPidsBuilder::default().limit(16_384i64).build().expect("pids"))
         .build()
         .expect("resources");
@@ -76,14 +82,16 @@ mod tests {
             workdir: "/".into(),
             resources: Resources { vcpus: 2, memory_mib: 64, disk_mib: 10 },
         };
-        let v: serde_json::Value = serde_json::from_str(&config(&spec, "/bin/busybox".as_ref(), "/tartarus/x")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&config(&spec, "/bin/busybox".as_ref(), "/tartarus/x")).unwrap();
         assert_eq!(v["process"]["args"][0], SESSION_INIT);
         assert_eq!(v["root"]["path"], "/t/rootfs");
         assert_eq!(v["linux"]["cgroupsPath"], "/tartarus/x");
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], (64 + RUNTIME_OVERHEAD_MIB) * 1024 * 1024);
         assert!(v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == SESSION_INIT));
         spec.command = Some(vec!["echo".into(), "hi".into()]);
-        let v: serde_json::Value = serde_json::from_str(&config(&spec, "/bin/busybox".as_ref(), "/tartarus/x")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&config(&spec, "/bin/busybox".as_ref(), "/tartarus/x")).unwrap();
         assert_eq!(v["process"]["args"], serde_json::json!(["echo", "hi"]));
         assert!(!v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == SESSION_INIT));
     }

@@ -89,9 +89,14 @@ impl RunscInfo {
         let path = match explicit {
             Some(p) => p.to_owned(),
             None if Path::new(BUNDLED_RUNSC).exists() => PathBuf::from(BUNDLED_RUNSC),
-            None => which("runsc").ok_or("runsc not found: install it with scripts/setup.sh (or apt-get install runsc)")?,
+            None => {
+                which("runsc").ok_or("runsc not found: install it with scripts/setup.sh (or apt-get install runsc)")?
+            }
         };
-        let out = std::process::Command::new(&path).arg("--version").output().map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+        let out = std::process::Command::new(&path)
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let version = text
             .lines()
@@ -99,7 +104,10 @@ impl RunscInfo {
             .ok_or_else(|| format!("{} --version printed no version", path.display()))?
             .trim()
             .to_owned();
-        let flags = std::process::Command::new(&path).arg("flags").output().map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+        let flags = std::process::Command::new(&path)
+            .arg("flags")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
         let flags = String::from_utf8_lossy(&flags.stdout) + String::from_utf8_lossy(&flags.stderr);
         Ok(Self { path, version, has_systrap: flags.contains("systrap"), overlay_dir: flags.contains("dir=") })
     }
@@ -162,9 +170,18 @@ impl Gvisor {
             None if runsc.has_systrap => Platform::Systrap,
             None => Platform::Ptrace,
         };
-        std::fs::create_dir_all(&cfg.state_root).map_err(|source| GvisorSetupError::StateRoot { path: cfg.state_root.clone(), source })?;
-        let cgroups = CgroupVersion::detect(&cfg.cgroup_mount).map_err(|source| GvisorSetupError::Cgroups { path: cfg.cgroup_mount.clone(), source })?;
-        Ok(Self { runsc, platform, state_root: cfg.state_root, session_init: cfg.session_init, cgroup_mount: cfg.cgroup_mount, cgroups })
+        std::fs::create_dir_all(&cfg.state_root)
+            .map_err(|source| GvisorSetupError::StateRoot { path: cfg.state_root.clone(), source })?;
+        let cgroups = CgroupVersion::detect(&cfg.cgroup_mount)
+            .map_err(|source| GvisorSetupError::Cgroups { path: cfg.cgroup_mount.clone(), source })?;
+        Ok(Self {
+            runsc,
+            platform,
+            state_root: cfg.state_root,
+            session_init: cfg.session_init,
+            cgroup_mount: cfg.cgroup_mount,
+            cgroups,
+        })
     }
 
     /// The probed `runsc`.
@@ -288,12 +305,23 @@ impl Runtime for Gvisor {
     }
 
     async fn checkpoint(&self, id: &SandboxId, image_dir: &Path) -> Result<(), RuntimeError> {
-        std::fs::create_dir_all(image_dir).map_err(|source| RuntimeError::Prepare { path: image_dir.to_owned(), source })?;
-        let args = ["checkpoint".into(), "--leave-running".into(), format!("--image-path={}", image_dir.display()), id.to_string()];
+        std::fs::create_dir_all(image_dir)
+            .map_err(|source| RuntimeError::Prepare { path: image_dir.to_owned(), source })?;
+        let args = [
+            "checkpoint".into(),
+            "--leave-running".into(),
+            format!("--image-path={}", image_dir.display()),
+            id.to_string(),
+        ];
         self.runsc_ok("checkpoint", &args).await.map(drop)
     }
 
-    async fn restore(&self, spec: &LaunchSpec, dir: &SandboxDir, image_dir: &Path) -> Result<MainCommand, RuntimeError> {
+    async fn restore(
+        &self,
+        spec: &LaunchSpec,
+        dir: &SandboxDir,
+        image_dir: &Path,
+    ) -> Result<MainCommand, RuntimeError> {
         self.prepare(spec, dir)?;
         let mut argv = vec![self.runsc.path.display().to_string()];
         argv.extend(self.sandbox_args(dir));
@@ -312,8 +340,10 @@ impl Runtime for Gvisor {
             Err(e) if Self::not_found(&e) => return Ok(None),
             other => other?,
         };
-        let state: serde_json::Value = serde_json::from_str(&out)
-            .map_err(|e| RuntimeError::Refused { operation: "runsc state".into(), message: format!("unreadable output: {e}") })?;
+        let state: serde_json::Value = serde_json::from_str(&out).map_err(|e| RuntimeError::Refused {
+            operation: "runsc state".into(),
+            message: format!("unreadable output: {e}"),
+        })?;
         Ok(match state["status"].as_str() {
             Some("creating") | Some("created") => Some(RuntimeStatus::Creating),
             Some("running") => Some(RuntimeStatus::Running),
