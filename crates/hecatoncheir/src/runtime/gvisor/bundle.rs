@@ -8,8 +8,8 @@ use oci_spec::runtime::{
 use crate::erinyes::RUNTIME_OVERHEAD_MIB;
 use crate::runtime::LaunchSpec;
 
-/// Where the session keeper is mounted inside session sandboxes.
-pub const SESSION_INIT: &str = "/.tartarus/init";
+/// Where the session keeper (a static busybox, run as `busybox sleep`) is mounted inside session sandboxes.
+pub const SESSION_INIT: &str = "/.tartarus/busybox";
 
 /// The bundle's `config.json` for `spec`: the template as root (its writes go to the
 /// overlay), the request's process, limits, and a cgroup the agent has made already.

@@ -1,0 +1,151 @@
+//! End-to-end tests of the gVisor runtime through the `Runtime` trait, with real `runsc`.
+//!
+//! Needs root, runsc and a static /bin/busybox. Under `CI=true` a missing prerequisite fails
+//! the test naming it; elsewhere the test is skipped.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::time::Duration;
+
+use tartarus_core::{Resources, SandboxId};
+use tartarus_hecatoncheir::lethe::SandboxDir;
+use tartarus_hecatoncheir::runtime::gvisor::{Gvisor, GvisorConfig, RunscInfo};
+use tartarus_hecatoncheir::runtime::{ExecSpec, LaunchSpec, Runtime, RuntimeStatus};
+
+fn prerequisites() -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root".to_owned());
+    }
+    if let Err(e) = RunscInfo::probe(None) {
+        missing.push(e);
+    }
+    if !Path::new("/bin/busybox").exists() {
+        missing.push("/bin/busybox (apt-get install busybox-static)".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("missing prerequisites: {}", missing.join(", "));
+    }
+    eprintln!("skipping: missing {}", missing.join(", "));
+    false
+}
+
+fn busybox_root(dir: &Path) {
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "sleep", "ls"] {
+        symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+}
+
+fn runtime(tmp: &Path) -> Gvisor {
+    Gvisor::new(GvisorConfig {
+        runsc: None,
+        platform: None,
+        state_root: tmp.join("runsc"),
+        session_init: "/bin/busybox".into(),
+        cgroup_mount: "/sys/fs/cgroup".into(),
+    })
+    .expect("gVisor runtime")
+}
+
+async fn exec_output(rt: &Gvisor, id: &SandboxId, cmd: &[&str]) -> (String, i32) {
+    let spec = ExecSpec {
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/bin".into()],
+        workdir: "/".into(),
+    };
+    let out = rt.exec(id, &spec).await.unwrap().wait_with_output().await.unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.code().unwrap_or(-1))
+}
+
+async fn wait_for(rt: &Gvisor, id: &SandboxId, want: RuntimeStatus) {
+    for _ in 0..100 {
+        if rt.status(id).await.unwrap() == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("sandbox never reached {want:?}");
+}
+
+#[tokio::test]
+async fn session_lifecycle_exec_pause_resume_checkpoint_destroy() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    busybox_root(&rootfs);
+    let rt = runtime(tmp.path());
+    let id = SandboxId::generate();
+    let dir = SandboxDir::new(&tmp.path().join("sandboxes"), &id);
+    let spec = LaunchSpec {
+        id: id.clone(),
+        rootfs: rootfs.clone(),
+        command: None,
+        env: vec!["PATH=/bin".into()],
+        workdir: "/".into(),
+        resources: Resources::default(),
+    };
+    let main = rt.create(&spec, &dir).await.unwrap();
+    let mut child = tokio::process::Command::new(&main.argv[0]).args(&main.argv[1..]).kill_on_drop(true).spawn().unwrap();
+    wait_for(&rt, &id, RuntimeStatus::Running).await;
+
+    let (out, code) = exec_output(&rt, &id, &["sh", "-c", "echo kept > /tmp/f; cat /tmp/f"]).await;
+    assert_eq!((out.as_str(), code), ("kept\n", 0));
+    assert!(!rootfs.join("tmp/f").exists(), "the template must never be written");
+
+    rt.pause(&id).await.unwrap();
+    assert_eq!(rt.status(&id).await.unwrap(), Some(RuntimeStatus::Paused));
+    rt.resume(&id).await.unwrap();
+    assert_eq!(rt.status(&id).await.unwrap(), Some(RuntimeStatus::Running));
+    let (out, _) = exec_output(&rt, &id, &["cat", "/tmp/f"]).await;
+    assert_eq!(out, "kept\n", "state survives pause/resume");
+
+    let stats = rt.stats(&id).await.unwrap();
+    assert!(stats.memory_bytes > 0, "the cgroup accounts the sandbox: {stats:?}");
+
+    let image = tmp.path().join("checkpoint");
+    rt.checkpoint(&id, &image).await.unwrap();
+    assert!(std::fs::read_dir(&image).unwrap().next().is_some(), "checkpoint wrote an image");
+
+    rt.kill(&id, libc::SIGKILL, false).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGKILL));
+    rt.destroy(&id).await.unwrap();
+    assert_eq!(rt.status(&id).await.unwrap(), None);
+    rt.destroy(&id).await.expect("destroy is idempotent");
+    assert!(!Path::new(&format!("/sys/fs/cgroup/memory/tartarus/{id}")).exists());
+}
+
+#[tokio::test]
+async fn main_command_exit_code_and_limits_in_the_bundle() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    busybox_root(&rootfs);
+    let rt = runtime(tmp.path());
+    let id = SandboxId::generate();
+    let dir = SandboxDir::new(&tmp.path().join("sandboxes"), &id);
+    let spec = LaunchSpec {
+        id: id.clone(),
+        rootfs,
+        command: Some(vec!["sh".into(), "-c".into(), "echo out; exit 7".into()]),
+        env: vec!["PATH=/bin".into()],
+        workdir: "/".into(),
+        resources: Resources { vcpus: 1, memory_mib: 64, disk_mib: 16 },
+    };
+    let main = rt.create(&spec, &dir).await.unwrap();
+    let out = tokio::process::Command::new(&main.argv[0]).args(&main.argv[1..]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    let stats = rt.destroy(&id).await.unwrap();
+    assert!(stats.memory_peak_bytes > 0 && stats.oom_kills == 0, "{stats:?}");
+}
