@@ -80,6 +80,8 @@ pub enum KillReason {
     OutOfMemory,
     /// A session sandbox saw no `exec` for its idle timeout.
     Idle,
+    /// Its writable layer grew past `disk_mib`.
+    DiskLimit,
     /// Someone asked (`DELETE`, `tartarus kill`).
     Requested,
 }
@@ -91,6 +93,7 @@ impl KillReason {
             Self::Timeout => "ran past its max_duration",
             Self::OutOfMemory => "exceeded its memory limit",
             Self::Idle => "idle for longer than its idle_timeout",
+            Self::DiskLimit => "wrote more than its disk_mib to its filesystem",
             Self::Requested => "killed on request",
         }
     }
@@ -107,6 +110,9 @@ pub struct SandboxStats {
     pub cpu_ns: u64,
     /// Times the memory limit was hit.
     pub oom_kills: u64,
+    /// Bytes its writable layer holds on the host's disk.
+    #[serde(default)]
+    pub disk_bytes: u64,
 }
 
 /// Everything known about one sandbox. Persisted; survives restarts.

@@ -29,6 +29,9 @@ use crate::rootfs;
 use crate::runtime::{env_list, ExecSpec, LaunchSpec, Runtime, RuntimeError};
 use crate::shim::{is_shim_of, ShimExit, ShimHandle};
 
+/// How often Erinyes measures a sandbox's writable layer against its `disk_mib`.
+const DISK_CHECK: Duration = Duration::from_secs(1);
+
 /// How the agent is set up.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -243,6 +246,9 @@ impl Hecatoncheir {
         let mut reason: Option<KillReason> = None;
         let mut force_at: Option<Instant> = None;
         let mut idle_tick = tokio::time::interval(Duration::from_millis(500));
+        let mut disk_tick = tokio::time::interval(DISK_CHECK);
+        let disk_limit = rec.spec.resources.disk_mib * 1024 * 1024;
+        let dir = self.dir(&id);
         loop {
             tokio::select! {
                 _ = shim.wait() => break,
@@ -255,6 +261,12 @@ impl Hecatoncheir {
                     }
                 }
                 Some(r) = kill_rx.recv(), if reason.is_none() => reason = Some(r),
+                _ = disk_tick.tick(), if reason.is_none() => {
+                    match self.runtime.stats(&id, &dir).await {
+                        Ok(s) if s.disk_bytes > disk_limit => reason = Some(KillReason::DiskLimit),
+                        _ => continue,
+                    }
+                }
                 _ = tokio::time::sleep_until(force_at.unwrap_or(deadline)), if force_at.is_some() => {
                     warn!(sandbox = %id, "did not die after SIGKILL; destroying");
                     let _ = self.runtime.destroy(&id).await;
@@ -282,7 +294,7 @@ impl Hecatoncheir {
         let exit = ShimExit::read(&dir.exit_file());
         // The accounting is read before anything is released; the record is written before
         // the slower release, so whoever waits for the outcome is not kept waiting.
-        let stats = self.runtime.stats(id).await.unwrap_or_else(|e| {
+        let stats = self.runtime.stats(id, &dir).await.unwrap_or_else(|e| {
             warn!(sandbox = %id, error = %error_chain(&e), "reading the sandbox's accounting failed");
             SandboxStats::default()
         });
@@ -411,7 +423,7 @@ impl Hecatoncheir {
     pub async fn stats(&self, id: &SandboxId) -> Result<SandboxStats, AgentError> {
         let rec = self.get(id).await?;
         self.live_or_err(&rec)?;
-        Ok(self.runtime.stats(id).await?)
+        Ok(self.runtime.stats(id, &self.dir(id)).await?)
     }
 
     /// Runs a further command in running sandbox `id`; its output streams back, then its exit.

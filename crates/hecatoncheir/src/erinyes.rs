@@ -146,6 +146,7 @@ impl Cgroup {
                     memory_peak_bytes: read_u64(&m.join("memory.max_usage_in_bytes")).unwrap_or(0),
                     oom_kills: read_key(&m.join("memory.oom_control"), "oom_kill").unwrap_or(0),
                     cpu_ns: read_u64(&self.dir("cpuacct").join("cpuacct.usage")).unwrap_or(0),
+                    disk_bytes: 0,
                 }
             }
             CgroupVersion::V2 => {
@@ -155,9 +156,18 @@ impl Cgroup {
                     memory_peak_bytes: read_u64(&d.join("memory.peak")).unwrap_or(0),
                     oom_kills: read_key(&d.join("memory.events"), "oom_kill").unwrap_or(0),
                     cpu_ns: read_key(&d.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000,
+                    disk_bytes: 0,
                 }
             }
         }
+    }
+
+    /// The host pids in the cgroup.
+    pub fn procs(&self) -> Vec<u32> {
+        let file = self.dir("memory").join("cgroup.procs");
+        std::fs::read_to_string(file)
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
     }
 
     /// Removes the cgroup (its processes must be gone); returns the last stats. Idempotent.

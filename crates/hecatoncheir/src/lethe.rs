@@ -73,6 +73,32 @@ impl SandboxDir {
     }
 }
 
+/// Bytes on disk held by the files under `writable` that `pids` have open (deleted or not).
+///
+/// gVisor keeps a sandbox's writes in a sparse file store that it unlinks right after creating
+/// it, so the only way to it is through the open descriptors of the sandbox's processes.
+pub fn usage(pids: &[u32], writable: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let prefix = writable.as_os_str().as_encoded_bytes();
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            if !target.as_os_str().as_encoded_bytes().starts_with(prefix) {
+                continue;
+            }
+            if let Ok(meta) = std::fs::metadata(fd.path()) {
+                if seen.insert((meta.dev(), meta.ino())) {
+                    total += meta.blocks() * 512;
+                }
+            }
+        }
+    }
+    total
+}
+
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the whole new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
@@ -86,6 +112,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_counts_open_files_under_the_layer_once() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("store");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&vec![1u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        let _again = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap(); // unlinked, as gVisor's file store is
+        let me = std::process::id();
+        let used = usage(&[me, me], tmp.path());
+        assert!((1 << 20..=(1 << 20) + 65536).contains(&used), "{used}");
+        assert_eq!(usage(&[me], &tmp.path().join("elsewhere")), 0);
+    }
 
     #[test]
     fn forget_keeps_logs() {

@@ -37,7 +37,7 @@ fn busybox_root(dir: &Path) {
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "ls"] {
+    for applet in ["sh", "echo", "cat", "sleep", "ls", "head"] {
         symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
 }
@@ -93,7 +93,8 @@ async fn session_lifecycle_exec_pause_resume_checkpoint_destroy() {
         resources: Resources::default(),
     };
     let main = rt.create(&spec, &dir).await.unwrap();
-    let mut child = tokio::process::Command::new(&main.argv[0]).args(&main.argv[1..]).kill_on_drop(true).spawn().unwrap();
+    let mut child =
+        tokio::process::Command::new(&main.argv[0]).args(&main.argv[1..]).kill_on_drop(true).spawn().unwrap();
     wait_for(&rt, &id, RuntimeStatus::Running).await;
 
     let (out, code) = exec_output(&rt, &id, &["sh", "-c", "echo kept > /tmp/f; cat /tmp/f"]).await;
@@ -107,8 +108,11 @@ async fn session_lifecycle_exec_pause_resume_checkpoint_destroy() {
     let (out, _) = exec_output(&rt, &id, &["cat", "/tmp/f"]).await;
     assert_eq!(out, "kept\n", "state survives pause/resume");
 
-    let stats = rt.stats(&id).await.unwrap();
+    let (_, code) = exec_output(&rt, &id, &["sh", "-c", "head -c 5000000 /dev/zero > /tmp/big"]).await;
+    assert_eq!(code, 0);
+    let stats = rt.stats(&id, &dir).await.unwrap();
     assert!(stats.memory_bytes > 0, "the cgroup accounts the sandbox: {stats:?}");
+    assert!(stats.disk_bytes >= 5_000_000, "the writable layer is measured: {stats:?}");
 
     let image = tmp.path().join("checkpoint");
     rt.checkpoint(&id, &image).await.unwrap();

@@ -143,8 +143,8 @@ pub trait Runtime: Send + Sync {
     /// What the runtime knows of `id` (`None`: nothing).
     async fn status(&self, id: &SandboxId) -> Result<Option<RuntimeStatus>, RuntimeError>;
 
-    /// Resource use of `id` now.
-    async fn stats(&self, id: &SandboxId) -> Result<SandboxStats, RuntimeError>;
+    /// Resource use of `id` now (its writable layer is in `dir`).
+    async fn stats(&self, id: &SandboxId, dir: &SandboxDir) -> Result<SandboxStats, RuntimeError>;
 
     /// Releases everything `id` holds (processes, runtime state, cgroup); idempotent.
     async fn destroy(&self, id: &SandboxId) -> Result<SandboxStats, RuntimeError>;

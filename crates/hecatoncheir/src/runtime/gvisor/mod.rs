@@ -353,8 +353,15 @@ impl Runtime for Gvisor {
         })
     }
 
-    async fn stats(&self, id: &SandboxId) -> Result<SandboxStats, RuntimeError> {
-        Ok(self.cgroup(id).stats())
+    async fn stats(&self, id: &SandboxId, dir: &SandboxDir) -> Result<SandboxStats, RuntimeError> {
+        let cgroup = self.cgroup(id);
+        let writable = dir.writable();
+        let stats = tokio::task::spawn_blocking(move || {
+            let mut s = cgroup.stats();
+            s.disk_bytes = crate::lethe::usage(&cgroup.procs(), &writable);
+            s
+        });
+        Ok(stats.await.expect("stats task panicked"))
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<SandboxStats, RuntimeError> {
