@@ -108,7 +108,7 @@ async fn session_lifecycle_exec_pause_resume_checkpoint_destroy() {
     let (out, _) = exec_output(&rt, &id, &["cat", "/tmp/f"]).await;
     assert_eq!(out, "kept\n", "state survives pause/resume");
 
-    let (_, code) = exec_output(&rt, &id, &["sh", "-c", "head -c 5000000 /dev/zero > /tmp/big"]).await;
+    let (_, code) = exec_output(&rt, &id, &["sh", "-c", "head -c 5000000 /dev/zero > /big"]).await;
     assert_eq!(code, 0);
     let stats = rt.stats(&id, &dir).await.unwrap();
     assert!(stats.memory_bytes > 0, "the cgroup accounts the sandbox: {stats:?}");
