@@ -1,7 +1,10 @@
 //! The `tartarus` binary: parses the command line, wires the crates, maps errors to exit codes.
 
+mod args;
 mod client;
 mod commands;
+mod output;
+mod raw;
 
 use clap::{Parser, Subcommand};
 

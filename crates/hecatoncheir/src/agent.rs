@@ -26,8 +26,11 @@ use tracing::{info, instrument, warn};
 
 use crate::lethe::SandboxDir;
 use crate::rootfs;
-use crate::runtime::{env_list, ExecSpec, LaunchSpec, Runtime, RuntimeError};
+use crate::runtime::{env_list, ExecSpec, LaunchSpec, Runtime, RuntimeError, RuntimeStatus};
 use crate::shim::{is_shim_of, ShimExit, ShimHandle};
+
+/// Longest wait for a new session sandbox to become reachable by `exec`.
+const READY_WAIT: Duration = Duration::from_secs(10);
 
 /// How often Erinyes measures a sandbox's writable layer against its `disk_mib`.
 const DISK_CHECK: Duration = Duration::from_secs(1);
@@ -204,7 +207,7 @@ impl Hecatoncheir {
             self.runtime.start(&dir, &main, &self.cfg.shim_exe).await
         }
         .await;
-        let shim = match started {
+        let mut shim = match started {
             Ok(shim) => shim,
             Err(e) => {
                 let _ = self.runtime.destroy(id).await;
@@ -213,6 +216,10 @@ impl Hecatoncheir {
                 return Ok(());
             }
         };
+        if spec.is_session() {
+            // A session is only useful once `exec` can reach it: wait until the runtime knows it.
+            self.until_running(id, &mut shim).await;
+        }
         let (kill_tx, kill_rx) = mpsc::unbounded_channel();
         let last_active = now_active();
         self.live.lock().expect("lock").insert(id.clone(), Live { kill: kill_tx, last_active: last_active.clone() });
@@ -228,6 +235,17 @@ impl Hecatoncheir {
         info!(pid = shim.pid(), "sandbox running");
         tokio::spawn(self.clone().supervise(rec, shim, kill_rx, last_active));
         Ok(())
+    }
+
+    /// Waits (at most [`READY_WAIT`]) until the runtime reports `id` running, or its shim ends.
+    async fn until_running(&self, id: &SandboxId, shim: &mut ShimHandle) {
+        let give_up = Instant::now() + READY_WAIT;
+        while Instant::now() < give_up && !shim.has_ended() {
+            if let Ok(Some(RuntimeStatus::Running)) = self.runtime.status(id).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Watches one sandbox to its end and records how it ended.
@@ -269,8 +287,10 @@ impl Hecatoncheir {
                 }
                 _ = tokio::time::sleep_until(force_at.unwrap_or(deadline)), if force_at.is_some() => {
                     warn!(sandbox = %id, "did not die after SIGKILL; destroying");
+                    let _ = self.runtime.kill(&id, libc::SIGKILL, true).await;
                     let _ = self.runtime.destroy(&id).await;
-                    force_at = None;
+                    // Keep trying until the shim reports the end: a sandbox is never left behind.
+                    force_at = Some(Instant::now() + self.runtime.kill_grace());
                     continue;
                 }
             }

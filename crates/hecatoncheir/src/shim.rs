@@ -67,6 +67,14 @@ impl ShimHandle {
         }
     }
 
+    /// Whether the shim has gone already (without waiting).
+    pub fn has_ended(&mut self) -> bool {
+        match self {
+            Self::Child(c) => !matches!(c.try_wait(), Ok(None)),
+            Self::Adopted(pid) => !pid_alive(*pid),
+        }
+    }
+
     /// Waits until the shim has gone.
     pub async fn wait(&mut self) {
         match self {

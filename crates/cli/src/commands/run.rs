@@ -1,12 +1,212 @@
-//! `tartarus run` (to be written).
+//! `tartarus run`: creates a sandbox, streams its output and exits with its exit code.
+
+use anyhow::Context;
+use tartarus_core::{ExitInfo, HumanDuration, KillReason, Resources, SandboxId, SandboxState, SoulRequest};
 
 use super::Global;
+use crate::args;
+use crate::client::Client;
+use crate::output;
 
 /// Arguments.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+#[command(after_help = "Examples:
+  tartarus run --template busybox -- echo hello
+  tartarus run --template busybox --memory 512 --timeout 1m -- sh -c 'sleep 5; echo done'
+  tartarus run --template busybox --env GREETING=hi -- sh -c 'echo $GREETING'
+  tartarus run --template busybox --detach -- sleep 60    # prints the id
+  tartarus run --template busybox                         # a session: prints its id once it
+                                                          # runs, for `tartarus exec ID -- CMD`
+
+Exit codes: the command's own; 124 when it ran past --timeout, 137 when killed otherwise,
+125 when the sandbox failed, 130 when interrupted (the sandbox is killed).")]
+pub struct Args {
+    /// Template (root filesystem) to start from; see `tartarus template ls`.
+    #[arg(long, short = 't', value_name = "TEMPLATE")]
+    pub template: String,
+    /// Memory limit in MiB (default 256).
+    #[arg(long, value_name = "MiB")]
+    pub memory: Option<u64>,
+    /// CPU limit in whole cores (default 1).
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+    /// Writable layer size in MiB (default 1024).
+    #[arg(long, value_name = "MiB")]
+    pub disk: Option<u64>,
+    /// Kill the sandbox after this long, e.g. 30s, 5m (default 15m).
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    pub timeout: Option<HumanDuration>,
+    /// Environment variable for the command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = args::key_value)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox (absolute; default /).
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Label to attach, for `ps --label` (repeatable).
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = args::key_value)]
+    pub labels: Vec<(String, String)>,
+    /// Print the sandbox's id and return at once instead of streaming its output.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// The command and its arguments, after `--`. Without one, the sandbox is a session that
+    /// stays up for `tartarus exec`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl Args {
+    /// The soul this invocation asks for.
+    fn soul(&self) -> SoulRequest {
+        let d = Resources::default();
+        SoulRequest {
+            template: self.template.clone(),
+            command: (!self.command.is_empty()).then(|| self.command.clone()),
+            env: args::to_map(self.env.clone()),
+            workdir: self.workdir.clone(),
+            resources: Resources {
+                vcpus: self.vcpus.unwrap_or(d.vcpus),
+                memory_mib: self.memory.unwrap_or(d.memory_mib),
+                disk_mib: self.disk.unwrap_or(d.disk_mib),
+            },
+            max_duration: self.timeout,
+            labels: args::to_map(self.labels.clone()),
+            ..SoulRequest::default()
+        }
+    }
+}
 
 /// Runs the verb.
-pub async fn execute(_args: Args, _g: &Global) -> anyhow::Result<i32> {
-    anyhow::bail!("not yet")
+pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
+    let client = Client::new(g)?;
+    let soul = args.soul();
+    if soul.command.is_none() {
+        // A session: wait until it runs, so the printed id is ready for `exec`.
+        let rec = client.create(&soul, true).await.context("cannot create the session sandbox")?;
+        if rec.state.is_terminal() {
+            let (code, message) = exit_status(&rec.id, &ExitInfo::from(&rec));
+            eprintln!("{}", message.unwrap_or_else(|| format!("tartarus: session sandbox {} ended at once", rec.id)));
+            return Ok(if code == 0 { 125 } else { code });
+        }
+        println!("{}", rec.id);
+        return Ok(0);
+    }
+    let rec = client.create(&soul, false).await.context("cannot create the sandbox")?;
+    let id = rec.id;
+    if args.detach {
+        println!("{id}");
+        return Ok(0);
+    }
+    let mut stream = client.logs(&id, true).await.with_context(|| format!("cannot follow sandbox {id}"))?;
+    let exit = tokio::select! {
+        r = output::pump(&mut stream) => r.with_context(|| format!("following sandbox {id}"))?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("tartarus: interrupted; killing sandbox {id}");
+            if let Err(e) = client.delete(&id).await {
+                eprintln!("tartarus: could not kill sandbox {id}: {e:#}");
+            }
+            return Ok(130);
+        }
+    };
+    let exit = match exit {
+        Some(exit) => exit,
+        // The stream stopped without an exit event: ask for the record instead.
+        None => {
+            let rec = client.get(&id).await.with_context(|| format!("the output of sandbox {id} stopped early"))?;
+            if !rec.state.is_terminal() {
+                anyhow::bail!(
+                    "the output of sandbox {id} stopped before it ended; follow it with `tartarus logs -f {id}`"
+                );
+            }
+            ExitInfo::from(&rec)
+        }
+    };
+    let (code, message) = exit_status(&id, &exit);
+    if let Some(m) = message {
+        eprintln!("{m}");
+    }
+    Ok(code)
+}
+
+/// The exit code for how sandbox `id` ended, and what to tell the user when it did not exit
+/// by itself.
+pub fn exit_status(id: &SandboxId, exit: &ExitInfo) -> (i32, Option<String>) {
+    let error = || exit.error.as_deref().unwrap_or("unknown error");
+    match exit.state {
+        SandboxState::Exited => match exit.exit_code {
+            Some(code) => (code, None),
+            None => (125, Some(format!("tartarus: sandbox {id} exited without an exit code"))),
+        },
+        SandboxState::Killed => {
+            let why = exit.kill_reason.map_or("killed", KillReason::describe);
+            let code = if exit.kill_reason == Some(KillReason::Timeout) { 124 } else { 137 };
+            (code, Some(format!("tartarus: sandbox {id} killed: {why}")))
+        }
+        SandboxState::Failed | SandboxState::Lost => {
+            (125, Some(format!("tartarus: sandbox {id} {}: {}", exit.state.as_str(), error())))
+        }
+        other => (125, Some(format!("tartarus: sandbox {id} stopped streaming while {}", other.as_str()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn exit(state: SandboxState, code: Option<i32>, reason: Option<KillReason>, error: Option<&str>) -> ExitInfo {
+        ExitInfo { state, exit_code: code, kill_reason: reason, error: error.map(String::from) }
+    }
+
+    #[test]
+    fn exit_codes() {
+        let id = SandboxId::parse("sb-0123456789abcdef").unwrap();
+        assert_eq!(exit_status(&id, &exit(SandboxState::Exited, Some(3), None, None)), (3, None));
+        let (code, msg) = exit_status(&id, &exit(SandboxState::Killed, None, Some(KillReason::Timeout), None));
+        assert_eq!(code, 124);
+        assert_eq!(msg.unwrap(), "tartarus: sandbox sb-0123456789abcdef killed: ran past its max_duration");
+        assert_eq!(exit_status(&id, &exit(SandboxState::Killed, None, Some(KillReason::OutOfMemory), None)).0, 137);
+        let (code, msg) = exit_status(&id, &exit(SandboxState::Failed, None, None, Some("command not found")));
+        assert_eq!(code, 125);
+        assert_eq!(msg.unwrap(), "tartarus: sandbox sb-0123456789abcdef failed: command not found");
+        assert_eq!(exit_status(&id, &exit(SandboxState::Lost, None, None, None)).0, 125);
+    }
+
+    #[test]
+    fn arguments_become_a_soul() {
+        let cli = Cli::parse_from([
+            "run",
+            "--template",
+            "busybox",
+            "--memory",
+            "512",
+            "--timeout",
+            "30s",
+            "-e",
+            "A=1",
+            "--label",
+            "team=x",
+            "--",
+            "sh",
+            "-c",
+            "echo $A",
+        ]);
+        let soul = cli.args.soul();
+        assert_eq!(soul.command.unwrap(), ["sh", "-c", "echo $A"]);
+        assert_eq!(soul.resources.memory_mib, 512);
+        assert_eq!(soul.resources.vcpus, 1);
+        assert_eq!(soul.max_duration.unwrap().0.as_secs(), 30);
+        assert_eq!(soul.env["A"], "1");
+        assert_eq!(soul.labels["team"], "x");
+        let session = Cli::parse_from(["run", "-t", "busybox"]).args.soul();
+        assert!(session.command.is_none());
+        // Only the fields given are sent; the realm fills the rest.
+        let json = serde_json::to_value(&session).unwrap();
+        assert!(json.get("max_duration").is_none() && json.get("command").is_none());
+    }
 }
