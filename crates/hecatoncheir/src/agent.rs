@@ -262,7 +262,9 @@ impl Hecatoncheir {
         let deadline = Instant::now() + rec.spec.max_duration().saturating_sub(elapsed);
         let idle = rec.spec.idle_timeout();
         let mut reason: Option<KillReason> = None;
-        let mut force_at: Option<Instant> = None;
+        // Once a reason is set: when the kill began, and when to strike again.
+        let mut killing_since: Option<Instant> = None;
+        let mut strike_at: Option<Instant> = None;
         let mut idle_tick = tokio::time::interval(Duration::from_millis(500));
         let mut disk_tick = tokio::time::interval(DISK_CHECK);
         let disk_limit = rec.spec.resources.disk_mib * 1024 * 1024;
@@ -285,24 +287,30 @@ impl Hecatoncheir {
                         _ => continue,
                     }
                 }
-                _ = tokio::time::sleep_until(force_at.unwrap_or(deadline)), if force_at.is_some() => {
-                    warn!(sandbox = %id, "did not die after SIGKILL; destroying");
-                    let _ = self.runtime.kill(&id, libc::SIGKILL, true).await;
-                    let _ = self.runtime.destroy(&id).await;
-                    // Keep trying until the shim reports the end: a sandbox is never left behind.
-                    force_at = Some(Instant::now() + self.runtime.kill_grace());
-                    continue;
-                }
+                _ = tokio::time::sleep_until(strike_at.unwrap_or(deadline)), if strike_at.is_some() => {}
             }
-            // Only the arms that set a reason reach here: carry out the kill once.
-            if force_at.is_none() {
+            // A reason is set (or a strike is due): SIGKILL, again until the shim reports the end.
+            let since = *killing_since.get_or_insert_with(|| {
                 info!(sandbox = %id, reason = ?reason, "killing sandbox");
-                match self.runtime.kill(&id, libc::SIGKILL, false).await {
-                    Ok(()) | Err(RuntimeError::NotFound(_)) => {}
-                    Err(e) => warn!(sandbox = %id, error = %error_chain(&e), "kill failed"),
-                }
-                force_at = Some(Instant::now() + self.runtime.kill_grace());
+                Instant::now()
+            });
+            if since.elapsed() >= self.runtime.kill_grace() {
+                warn!(sandbox = %id, "did not die after SIGKILL; destroying");
+                let _ = self.runtime.kill(&id, libc::SIGKILL, true).await;
+                let _ = self.runtime.destroy(&id).await;
+                strike_at = Some(Instant::now() + self.runtime.kill_grace());
+                continue;
             }
+            let retry = match self.runtime.kill(&id, libc::SIGKILL, false).await {
+                Ok(()) => self.runtime.kill_grace(),
+                // Not created yet by the runtime (killed right after start): try again soon.
+                Err(RuntimeError::NotFound(_)) => Duration::from_millis(50),
+                Err(e) => {
+                    warn!(sandbox = %id, error = %error_chain(&e), "kill failed");
+                    Duration::from_millis(500)
+                }
+            };
+            strike_at = Some(Instant::now() + retry);
         }
         self.finish(&id, reason).await;
     }
@@ -488,8 +496,13 @@ impl Hecatoncheir {
                 Ok(Ok(status)) => {
                     let code = status.code();
                     let said = String::from_utf8_lossy(&runtime_said.lock().expect("lock")).into_owned();
-                    // runsc itself exits 128 when it cannot start the command at all.
-                    match said.lines().find(|l| l.contains("executing processes for container")) {
+                    // runsc itself exits 128 when it cannot start the command at all, and says why.
+                    let runsc_error = |l: &&str| {
+                        l.contains("executing processes for container")
+                            || l.starts_with("loading sandbox")
+                            || l.starts_with("loading container")
+                    };
+                    match said.lines().find(runsc_error) {
                         Some(line) if code == Some(128) => ExitInfo {
                             state: SandboxState::Failed,
                             exit_code: None,

@@ -91,6 +91,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .init();
     if !nix_is_root() {
         bail!("tartarus up must run as root (gVisor needs it to build sandboxes); try sudo");
