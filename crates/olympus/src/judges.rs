@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use tartarus_core::{Ruling, SandboxSpec, SandboxState, Verdict};
-use tartarus_store::{SandboxFilter, SandboxStore};
+use tartarus_core::{Ruling, SandboxSpec, Verdict};
+use tartarus_store::SandboxStore;
 
 use crate::cerberus::Principal;
 use crate::error::ApiError;
@@ -41,12 +41,7 @@ impl Judge for Minos {
     }
 
     async fn rule(&self, who: &Principal, _spec: &SandboxSpec) -> Result<Ruling, ApiError> {
-        let filter = SandboxFilter {
-            states: vec![SandboxState::Queued, SandboxState::Starting, SandboxState::Running, SandboxState::Paused],
-            tenant: Some(who.tenant.clone()),
-            ..Default::default()
-        };
-        let live = self.store.list(&filter).await?.len();
+        let live = self.store.count_live(&who.tenant).await?;
         Ok(if live < self.max_live_per_tenant {
             ruling(self.name(), true, format!("{live} of {} live sandboxes in use", self.max_live_per_tenant))
         } else {

@@ -19,6 +19,8 @@ const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes"
 const TEMPLATES: TableDefinition<&str, &[u8]> = TableDefinition::new("templates");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const ACHERON: TableDefinition<u64, &str> = TableDefinition::new("acheron");
+/// Index of the sandboxes not yet ended: id → tenant.
+const LIVE: TableDefinition<&str, &str> = TableDefinition::new("live");
 
 /// All state in one redb file.
 pub struct EmbeddedStore {
@@ -50,6 +52,7 @@ impl EmbeddedStore {
             for t in [SANDBOXES, TEMPLATES, NODES] {
                 tx.open_table(t).map_err(|e| db_err("create tables")(e.into()))?;
             }
+            tx.open_table(LIVE).map_err(|e| db_err("create tables")(e.into()))?;
             tx.open_table(ACHERON).map_err(|e| db_err("create tables")(e.into()))?;
         }
         tx.commit().map_err(|e| db_err("create tables")(e.into()))?;
@@ -110,8 +113,39 @@ impl EmbeddedStore {
 #[async_trait]
 impl SandboxStore for EmbeddedStore {
     async fn insert(&self, rec: &SandboxRecord) -> Result<(), StoreError> {
-        let (key, bytes) = (rec.id.to_string(), encode(rec));
-        self.blocking(move |db| Self::put(db, SANDBOXES, &key, &bytes, true)).await
+        let (key, bytes, tenant, live) =
+            (rec.id.to_string(), encode(rec), rec.spec.tenant.clone(), !rec.state.is_terminal());
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(|e| db_err("insert")(e.into()))?;
+            {
+                let mut t = tx.open_table(SANDBOXES).map_err(|e| db_err("insert")(e.into()))?;
+                if t.get(key.as_str()).map_err(|e| db_err("insert")(e.into()))?.is_some() {
+                    return Err(StoreError::Exists(key));
+                }
+                t.insert(key.as_str(), bytes.as_slice()).map_err(|e| db_err("insert")(e.into()))?;
+                if live {
+                    let mut l = tx.open_table(LIVE).map_err(|e| db_err("insert")(e.into()))?;
+                    l.insert(key.as_str(), tenant.as_str()).map_err(|e| db_err("insert")(e.into()))?;
+                }
+            }
+            tx.commit().map_err(|e| db_err("insert")(e.into()))
+        })
+        .await
+    }
+
+    async fn count_live(&self, tenant: &str) -> Result<usize, StoreError> {
+        let tenant = tenant.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
+            let t = tx.open_table(LIVE).map_err(|e| db_err("read")(e.into()))?;
+            let mut n = 0;
+            for row in t.iter().map_err(|e| db_err("read")(e.into()))? {
+                let (_, v) = row.map_err(|e| db_err("read")(e.into()))?;
+                n += usize::from(v.value() == tenant);
+            }
+            Ok(n)
+        })
+        .await
     }
 
     async fn get(&self, id: &SandboxId) -> Result<Option<SandboxRecord>, StoreError> {
@@ -150,6 +184,10 @@ impl SandboxStore for EmbeddedStore {
                 }
                 change(&mut rec);
                 t.insert(key.as_str(), encode(&rec).as_slice()).map_err(|e| db_err("update")(e.into()))?;
+                if rec.state.is_terminal() {
+                    let mut l = tx.open_table(LIVE).map_err(|e| db_err("update")(e.into()))?;
+                    l.remove(key.as_str()).map_err(|e| db_err("update")(e.into()))?;
+                }
                 rec
             };
             tx.commit().map_err(|e| db_err("update")(e.into()))?;
@@ -287,6 +325,27 @@ mod tests {
         let s = EmbeddedStore::open(&path).unwrap();
         assert_eq!(s.depth().await.unwrap(), 1);
         assert_eq!(s.pull().await.unwrap().id, b);
+    }
+
+    #[tokio::test]
+    async fn live_index_follows_records_to_their_end() {
+        use tartarus_core::{SandboxState, SoulRequest, Verdict};
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let spec = SoulRequest { template: "busybox".into(), ..Default::default() }.validate("acme").unwrap();
+        let verdict = Verdict { principal: "p".into(), rulings: vec![], judged_at: chrono::Utc::now() };
+        let a = SandboxRecord::admitted(SandboxId::generate(), spec.clone(), verdict.clone());
+        let b = SandboxRecord::admitted(SandboxId::generate(), spec, verdict);
+        s.insert(&a).await.unwrap();
+        s.insert(&b).await.unwrap();
+        assert!(matches!(s.insert(&a).await, Err(StoreError::Exists(_))));
+        assert_eq!((s.count_live("acme").await.unwrap(), s.count_live("other").await.unwrap()), (2, 0));
+        s.update(&a.id, Box::new(|r| r.state = SandboxState::Exited)).await.unwrap();
+        assert_eq!(s.count_live("acme").await.unwrap(), 1);
+        // A terminal record never changes again.
+        let after = s.update(&a.id, Box::new(|r| r.state = SandboxState::Running)).await.unwrap().unwrap();
+        assert_eq!(after.state, SandboxState::Exited);
+        assert_eq!(s.count_live("acme").await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -79,6 +79,8 @@ pub trait SandboxStore: Send + Sync {
     async fn get(&self, id: &SandboxId) -> Result<Option<SandboxRecord>, StoreError>;
     /// Records passing `filter`, newest first.
     async fn list(&self, filter: &SandboxFilter) -> Result<Vec<SandboxRecord>, StoreError>;
+    /// How many of `tenant`'s sandboxes have not ended (kept as an index, not counted by scanning).
+    async fn count_live(&self, tenant: &str) -> Result<usize, StoreError>;
     /// Applies `change` atomically and returns the new record (`None`: no such id).
     /// A record in a terminal state is never changed again: `change` is not applied to it.
     async fn update(&self, id: &SandboxId, change: Mutation) -> Result<Option<SandboxRecord>, StoreError>;
