@@ -9,14 +9,14 @@ mod raw;
 use clap::{Parser, Subcommand};
 
 /// Tartarus runs untrusted code in isolated sandboxes (gVisor), on one machine or a fleet.
-///
-/// Start a realm with `tartarus up`, then talk to it with the other verbs:
-///
-///   tartarus up &
-///   tartarus run --template busybox -- echo hello
-///   tartarus ps
 #[derive(Parser)]
-#[command(name = "tartarus", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "tartarus",
+    version,
+    propagate_version = true,
+    max_term_width = 100,
+    after_help = "Examples:\n  tartarus up &                                   # the realm (as root)\n  tartarus run --template busybox -- echo hello   # a sandbox; exits with its code\n  tartarus ps                                     # what ran, and how it ended\n  tartarus doctor                                 # what works on this host\n\nEach verb has --help with more examples."
+)]
 struct Cli {
     #[command(flatten)]
     global: commands::Global,
