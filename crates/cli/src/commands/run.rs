@@ -19,7 +19,8 @@ use crate::output;
                                                           # runs, for `tartarus exec ID -- CMD`
 
 Exit codes: the command's own; 124 when it ran past --timeout, 137 when killed otherwise,
-125 when the sandbox failed, 130 when interrupted (the sandbox is killed).")]
+125 when the sandbox failed, 130 when interrupted and 141 when the output pipe closed (the
+sandbox is killed in both cases).")]
 pub struct Args {
     /// Template (root filesystem) to start from; see `tartarus template ls`.
     #[arg(long, short = 't', value_name = "TEMPLATE")]
@@ -90,6 +91,9 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
         println!("{}", rec.id);
         return Ok(0);
     }
+    // Listen for Ctrl-C before the sandbox exists, so an interrupt at any point kills it.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for Ctrl-C")?;
     let rec = client.create(&soul, false).await.context("cannot create the sandbox")?;
     let id = rec.id;
     if args.detach {
@@ -98,8 +102,18 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     }
     let mut stream = client.logs(&id, true).await.with_context(|| format!("cannot follow sandbox {id}"))?;
     let exit = tokio::select! {
-        r = output::pump(&mut stream) => r.with_context(|| format!("following sandbox {id}"))?,
-        _ = tokio::signal::ctrl_c() => {
+        r = output::pump(&mut stream) => match r {
+            Ok(exit) => exit,
+            Err(e) => {
+                // Our own output was closed (e.g. piped into `head`): nobody reads the sandbox any more.
+                if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+                    let _ = client.delete(&id).await;
+                    return Ok(141);
+                }
+                return Err(e).with_context(|| format!("following sandbox {id}"));
+            }
+        },
+        _ = interrupt.recv() => {
             eprintln!("tartarus: interrupted; killing sandbox {id}");
             if let Err(e) = client.delete(&id).await {
                 eprintln!("tartarus: could not kill sandbox {id}: {e:#}");
