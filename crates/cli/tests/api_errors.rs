@@ -189,3 +189,49 @@ async fn cli_reports_api_errors() {
     wrong.stderr.make_ascii_lowercase();
     assert!(wrong.stderr.contains("unauthorized") || wrong.stderr.contains("token"), "{wrong}");
 }
+
+#[tokio::test]
+async fn malformed_queries_and_methods_get_json_errors() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let realm = common::Realm::start().await;
+    for (method, path, status, code) in [
+        (reqwest::Method::GET, "/v1/sandboxes?limit=abc", reqwest::StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (
+            reqwest::Method::GET,
+            "/v1/sandboxes?state=zombie",
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (reqwest::Method::GET, "/v1/sandboxes/%ff%fe", reqwest::StatusCode::NOT_FOUND, "sandbox_not_found"),
+        (reqwest::Method::PUT, "/v1/sandboxes", reqwest::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+    ] {
+        let (got, body) = realm.send(realm.request(method.clone(), path)).await;
+        assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{method} {path}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    }
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let (got, body) = realm.send(realm.request(reqwest::Method::POST, "/v1/sandboxes").body(huge)).await;
+    assert_eq!(
+        (got, body["code"].as_str()),
+        (reqwest::StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_imports_of_one_name_register_one_whole_template() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let realm = common::Realm::start().await;
+    let rootfs = realm.template_rootfs().await;
+    let body = serde_json::json!({"name": "twin", "path": rootfs});
+    let (a, b) = tokio::join!(realm.post("/v1/templates", body.clone()), realm.post("/v1/templates", body));
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [reqwest::StatusCode::CREATED, reqwest::StatusCode::CONFLICT], "{a:?} {b:?}");
+    let rec = realm.run(serde_json::json!({"template": "twin", "command": ["echo", "whole"]})).await;
+    assert_eq!(rec["exit_code"], 0, "{rec}");
+}

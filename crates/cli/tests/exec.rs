@@ -178,3 +178,88 @@ async fn idle_sessions_are_ended() {
     assert_eq!(fin["state"], "killed", "{fin}");
     assert_eq!(fin["kill_reason"], "idle", "{fin}");
 }
+
+#[tokio::test]
+async fn exec_environment_values_arrive_whole() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let realm = Realm::start().await;
+    let id = session(&realm).await;
+    let (_, out) = exec(
+        &realm,
+        &id,
+        json!({"command": ["sh", "-c", "echo \"[$A]\"; echo \"[$B]\""], "env": {"A": "x,B=injected"}}),
+    )
+    .await;
+    assert_eq!(out["stdout"], "[x,B=injected]\n[]\n", "{out}");
+    assert_eq!(out["exit"]["exit_code"], 0, "{out}");
+    realm.delete(&format!("/v1/sandboxes/{id}")).await;
+}
+
+#[tokio::test]
+async fn exec_timeout_kills_the_command_inside_the_sandbox() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let realm = Realm::start().await;
+    let id = session(&realm).await;
+    let script = "sleep 3; echo late > /done";
+    let (_, out) = exec(&realm, &id, json!({"command": ["sh", "-c", script], "timeout": "1s"})).await;
+    assert_eq!(out["exit"]["kill_reason"], "timeout", "{out}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, out) = exec(&realm, &id, json!({"command": ["test", "-e", "/done"]})).await;
+    assert_eq!(out["exit"]["exit_code"], 1, "the timed-out command must not have gone on: {out}");
+    realm.delete(&format!("/v1/sandboxes/{id}")).await;
+}
+
+#[tokio::test]
+async fn exec_returns_when_its_command_exits_even_with_background_children() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let realm = Realm::start().await;
+    let id = session(&realm).await;
+    let t0 = Instant::now();
+    let (_, out) = exec(&realm, &id, json!({"command": ["sh", "-c", "sleep 30 & echo hi"]})).await;
+    assert_eq!((out["stdout"].as_str(), &out["exit"]["exit_code"]), (Some("hi\n"), &json!(0)), "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+    realm.delete(&format!("/v1/sandboxes/{id}")).await;
+}
+
+#[tokio::test]
+async fn a_running_exec_keeps_its_session_from_idling_out() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let realm = Realm::start().await;
+    let rec = realm.run(json!({"template": "busybox", "idle_timeout": "2s"})).await;
+    let id = id_of(&rec);
+    let (_, out) = exec(&realm, &id, json!({"command": ["sleep", "4"]})).await;
+    assert_eq!(out["exit"]["exit_code"], 0, "the exec ran to its end: {out}");
+    assert_eq!(realm.record(&id).await["state"], "running");
+    // Idle from now on: it ends by itself.
+    let ended = realm.wait_ended(&id, Duration::from_secs(15)).await;
+    assert_eq!((ended["state"].as_str(), ended["kill_reason"].as_str()), (Some("killed"), Some("idle")), "{ended}");
+}
+
+#[tokio::test]
+async fn pause_and_resume_check_the_state_and_paused_sandboxes_die_quickly() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let realm = Realm::start().await;
+    let id = session(&realm).await;
+    let (status, body) = realm.post(&format!("/v1/sandboxes/{id}/resume"), json!({})).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::CONFLICT, Some("not_running")), "{body}");
+    let (status, body) = realm.post(&format!("/v1/sandboxes/{id}/pause"), json!({})).await;
+    assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("paused")), "{body}");
+    let (status, body) = realm.post(&format!("/v1/sandboxes/{id}/pause"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _) = exec(&realm, &id, json!({"command": ["true"]})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "no exec into a paused sandbox");
+    let t0 = Instant::now();
+    let (status, body) = realm.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("killed")), "{body}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "killing a paused sandbox took {:?}", t0.elapsed());
+}

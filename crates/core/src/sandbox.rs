@@ -80,7 +80,7 @@ pub enum KillReason {
     OutOfMemory,
     /// A session sandbox saw no `exec` for its idle timeout.
     Idle,
-    /// Its writable layer grew past `disk_mib`.
+    /// Its writable layer and logs grew past `disk_mib`.
     DiskLimit,
     /// Someone asked (`DELETE`, `tartarus kill`).
     Requested,
@@ -93,7 +93,7 @@ impl KillReason {
             Self::Timeout => "ran past its max_duration",
             Self::OutOfMemory => "exceeded its memory limit",
             Self::Idle => "idle for longer than its idle_timeout",
-            Self::DiskLimit => "wrote more than its disk_mib to its filesystem",
+            Self::DiskLimit => "wrote more than its disk_mib (filesystem and logs)",
             Self::Requested => "killed on request",
         }
     }

@@ -29,6 +29,10 @@ use crate::rootfs;
 use crate::runtime::{env_list, ExecSpec, LaunchSpec, Runtime, RuntimeError, RuntimeStatus};
 use crate::shim::{is_shim_of, ShimExit, ShimHandle};
 
+/// After an exec's process has exited, how long its output may still drain (background children
+/// can keep the pipes open forever).
+const EXEC_DRAIN: Duration = Duration::from_millis(250);
+
 /// Longest wait for a new session sandbox to become reachable by `exec`.
 const READY_WAIT: Duration = Duration::from_secs(10);
 
@@ -84,11 +88,55 @@ pub struct AdoptReport {
     pub finished: Vec<SandboxId>,
     /// Gone without a trace: recorded as lost.
     pub lost: Vec<SandboxId>,
+    /// Placed but never started: queued again.
+    pub requeued: Vec<SandboxId>,
 }
 
 struct Live {
     kill: mpsc::UnboundedSender<KillReason>,
-    last_active: Arc<Mutex<Instant>>,
+    activity: Activity,
+}
+
+/// When a sandbox was last used, and how many `exec`s run in it now (idle only when none).
+#[derive(Clone)]
+struct Activity {
+    last: Arc<Mutex<Instant>>,
+    execs: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { last: Arc::new(Mutex::new(Instant::now())), execs: Default::default() }
+    }
+
+    fn touch(&self) {
+        *self.last.lock().expect("lock") = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.execs.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.last.lock().expect("lock").elapsed()
+    }
+}
+
+/// Marks one `exec` in flight for as long as it lives.
+struct ExecGuard(Activity);
+
+impl ExecGuard {
+    fn new(a: Activity) -> Self {
+        a.execs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        a.touch();
+        Self(a)
+    }
+}
+
+impl Drop for ExecGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.execs.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The node agent.
@@ -98,16 +146,13 @@ pub struct Hecatoncheir {
     state: State,
     events: Events,
     live: Mutex<HashMap<SandboxId, Live>>,
-}
-
-fn now_active() -> Arc<Mutex<Instant>> {
-    Arc::new(Mutex::new(Instant::now()))
+    exec_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Hecatoncheir {
     /// An agent running sandboxes with `runtime`, recording into `state`.
     pub fn new(cfg: AgentConfig, runtime: Arc<dyn Runtime>, state: State, events: Events) -> Arc<Self> {
-        Arc::new(Self { cfg, runtime, state, events, live: Mutex::default() })
+        Arc::new(Self { cfg, runtime, state, events, live: Mutex::default(), exec_seq: Default::default() })
     }
 
     /// The runtime in use.
@@ -221,8 +266,8 @@ impl Hecatoncheir {
             self.until_running(id, &mut shim).await;
         }
         let (kill_tx, kill_rx) = mpsc::unbounded_channel();
-        let last_active = now_active();
-        self.live.lock().expect("lock").insert(id.clone(), Live { kill: kill_tx, last_active: last_active.clone() });
+        let activity = Activity::new();
+        self.live.lock().expect("lock").insert(id.clone(), Live { kill: kill_tx, activity: activity.clone() });
         let node = self.cfg.node_name.clone();
         let rec = self
             .record(id, move |r| {
@@ -233,7 +278,7 @@ impl Hecatoncheir {
             .await?
             .expect("record exists");
         info!(pid = shim.pid(), "sandbox running");
-        tokio::spawn(self.clone().supervise(rec, shim, kill_rx, last_active));
+        tokio::spawn(self.clone().supervise(rec, shim, kill_rx, activity));
         Ok(())
     }
 
@@ -254,7 +299,7 @@ impl Hecatoncheir {
         rec: SandboxRecord,
         mut shim: ShimHandle,
         mut kill_rx: mpsc::UnboundedReceiver<KillReason>,
-        last_active: Arc<Mutex<Instant>>,
+        activity: Activity,
     ) {
         let id = rec.id.clone();
         let started = rec.started_at.unwrap_or(rec.created_at);
@@ -274,7 +319,7 @@ impl Hecatoncheir {
                 _ = shim.wait() => break,
                 _ = tokio::time::sleep_until(deadline), if reason.is_none() => reason = Some(KillReason::Timeout),
                 _ = idle_tick.tick(), if reason.is_none() && idle.is_some() => {
-                    if idle.is_some_and(|d| last_active.lock().expect("lock").elapsed() >= d) {
+                    if idle.is_some_and(|d| activity.idle_for() >= d) {
                         reason = Some(KillReason::Idle);
                     } else {
                         continue;
@@ -282,8 +327,10 @@ impl Hecatoncheir {
                 }
                 Some(r) = kill_rx.recv(), if reason.is_none() => reason = Some(r),
                 _ = disk_tick.tick(), if reason.is_none() => {
+                    // The writable layer and the logs both land on the node's disk.
+                    let logs = [dir.stdout(), dir.stderr()].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum::<u64>();
                     match self.runtime.stats(&id, &dir).await {
-                        Ok(s) if s.disk_bytes > disk_limit => reason = Some(KillReason::DiskLimit),
+                        Ok(s) if s.disk_bytes + logs > disk_limit => reason = Some(KillReason::DiskLimit),
                         _ => continue,
                     }
                 }
@@ -300,6 +347,10 @@ impl Hecatoncheir {
                 let _ = self.runtime.destroy(&id).await;
                 strike_at = Some(Instant::now() + self.runtime.kill_grace());
                 continue;
+            }
+            if let Ok(Some(RuntimeStatus::Paused)) = self.runtime.status(&id).await {
+                // A frozen sandbox cannot take a signal: thaw it so SIGKILL lands at once.
+                let _ = self.runtime.resume(&id).await;
             }
             let retry = match self.runtime.kill(&id, libc::SIGKILL, false).await {
                 Ok(()) => self.runtime.kill_grace(),
@@ -380,18 +431,44 @@ impl Hecatoncheir {
             match pid {
                 Some(pid) if is_shim_of(pid, &dir) => {
                     let (kill_tx, kill_rx) = mpsc::unbounded_channel();
-                    let last_active = now_active();
+                    let activity = Activity::new();
                     self.live
                         .lock()
                         .expect("lock")
-                        .insert(id.clone(), Live { kill: kill_tx, last_active: last_active.clone() });
+                        .insert(id.clone(), Live { kill: kill_tx, activity: activity.clone() });
                     info!(sandbox = %id, pid, "re-adopted running sandbox");
-                    tokio::spawn(self.clone().supervise(rec, ShimHandle::Adopted(pid), kill_rx, last_active));
+                    let rec = if rec.state == SandboxState::Starting {
+                        // Started just before the restart, not yet recorded as running.
+                        let node = self.cfg.node_name.clone();
+                        self.record(&id, move |r| {
+                            r.state = SandboxState::Running;
+                            r.node = Some(node);
+                            r.started_at.get_or_insert_with(Utc::now);
+                        })
+                        .await?
+                        .unwrap_or(rec)
+                    } else {
+                        rec
+                    };
+                    tokio::spawn(self.clone().supervise(rec, ShimHandle::Adopted(pid), kill_rx, activity));
                     report.adopted.push(id);
                 }
                 _ if ShimExit::read(&dir.exit_file()).is_some() => {
                     self.finish(&id, None).await;
                     report.finished.push(id);
+                }
+                _ if rec.state == SandboxState::Starting => {
+                    // Placed but never started: clear what was prepared and queue it again; its
+                    // Acheron entry, never acknowledged, is delivered again and launches it.
+                    let _ = self.runtime.destroy(&id).await;
+                    let _ = dir.forget();
+                    self.record(&id, |r| {
+                        r.state = SandboxState::Queued;
+                        r.node = None;
+                    })
+                    .await?;
+                    info!(sandbox = %id, "placed but not started before the restart: queued again");
+                    report.requeued.push(id);
                 }
                 _ => {
                     let _ = self.runtime.destroy(&id).await;
@@ -411,10 +488,10 @@ impl Hecatoncheir {
         Ok(report)
     }
 
-    fn live_or_err(&self, rec: &SandboxRecord) -> Result<Arc<Mutex<Instant>>, AgentError> {
+    fn live_or_err(&self, rec: &SandboxRecord, want: &[SandboxState]) -> Result<Activity, AgentError> {
         let live = self.live.lock().expect("lock");
         match live.get(&rec.id) {
-            Some(l) if matches!(rec.state, SandboxState::Running | SandboxState::Paused) => Ok(l.last_active.clone()),
+            Some(l) if want.contains(&rec.state) => Ok(l.activity.clone()),
             _ => Err(AgentError::NotRunning { id: rec.id.clone(), state: rec.state.as_str() }),
         }
     }
@@ -434,7 +511,7 @@ impl Hecatoncheir {
     /// Freezes a running sandbox.
     pub async fn pause(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError> {
         let rec = self.get(id).await?;
-        self.live_or_err(&rec)?;
+        self.live_or_err(&rec, &[SandboxState::Running])?;
         self.runtime.pause(id).await?;
         Ok(self.record(id, |r| r.state = SandboxState::Paused).await?.expect("exists"))
     }
@@ -442,7 +519,7 @@ impl Hecatoncheir {
     /// Thaws a paused sandbox.
     pub async fn resume(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError> {
         let rec = self.get(id).await?;
-        self.live_or_err(&rec)?;
+        self.live_or_err(&rec, &[SandboxState::Paused])?;
         self.runtime.resume(id).await?;
         Ok(self.record(id, |r| r.state = SandboxState::Running).await?.expect("exists"))
     }
@@ -450,70 +527,74 @@ impl Hecatoncheir {
     /// Resource use of a running sandbox.
     pub async fn stats(&self, id: &SandboxId) -> Result<SandboxStats, AgentError> {
         let rec = self.get(id).await?;
-        self.live_or_err(&rec)?;
+        self.live_or_err(&rec, &[SandboxState::Running, SandboxState::Paused])?;
         Ok(self.runtime.stats(id, &self.dir(id)).await?)
     }
 
     /// Runs a further command in running sandbox `id`; its output streams back, then its exit.
     #[instrument(skip(self, req), fields(sandbox = %id))]
-    pub async fn exec(&self, id: &SandboxId, req: ExecRequest) -> Result<ExecStream, AgentError> {
+    pub async fn exec(self: &Arc<Self>, id: &SandboxId, req: ExecRequest) -> Result<ExecStream, AgentError> {
         let rec = self.get(id).await?;
-        let last_active = self.live_or_err(&rec)?;
-        if rec.state == SandboxState::Paused {
-            return Err(AgentError::NotRunning { id: id.clone(), state: "paused" });
-        }
-        *last_active.lock().expect("lock") = Instant::now();
+        let guard = ExecGuard::new(self.live_or_err(&rec, &[SandboxState::Running])?);
+        let n = self.exec_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let spec = ExecSpec {
             env: env_list([&rec.spec.env, &req.env]),
             workdir: req.workdir.clone().unwrap_or_else(|| rec.spec.workdir.clone()),
             command: req.command.clone(),
+            scratch: self.dir(id).root().join(format!("exec-{n}")),
         };
         let mut child = self.runtime.exec(id, &spec).await?;
         let limit = req.timeout.map(|t| t.0).unwrap_or(rec.spec.max_duration());
         let (tx, rx) = mpsc::channel(64);
         let (stdout, stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+        let (this, id) = (self.clone(), id.clone());
         tokio::spawn(async move {
-            let out = pump(stdout, Stream::Stdout, tx.clone(), None);
+            let _guard = guard;
             let runtime_said = Arc::new(Mutex::new(Vec::new()));
-            let err = pump(stderr, Stream::Stderr, tx.clone(), Some(runtime_said.clone()));
-            let run = async {
-                let (_, _, status) = tokio::join!(out, err, child.wait());
-                status
+            let mut out = tokio::spawn(pump(stdout, Stream::Stdout, tx.clone(), None));
+            let mut err = tokio::spawn(pump(stderr, Stream::Stderr, tx.clone(), Some(runtime_said.clone())));
+            let ended = tokio::select! {
+                status = child.wait() => Some(status),
+                _ = tokio::time::sleep(limit) => None,
+                _ = tx.closed() => None,
             };
-            let exit = match tokio::time::timeout(limit, run).await {
-                Err(_) => ExitInfo {
-                    state: SandboxState::Killed,
-                    exit_code: None,
-                    kill_reason: Some(KillReason::Timeout),
-                    error: None,
-                },
-                Ok(Err(e)) => ExitInfo {
+            let exit = match ended {
+                None => {
+                    // Timed out, or nobody reads any more: end the command inside the sandbox too.
+                    if let Err(e) = this.runtime.kill_exec(&id, &spec).await {
+                        warn!(sandbox = %id, error = %error_chain(&e), "could not kill an exec");
+                    }
+                    let _ = child.kill().await;
+                    ExitInfo {
+                        state: SandboxState::Killed,
+                        exit_code: None,
+                        kill_reason: Some(KillReason::Timeout),
+                        error: None,
+                    }
+                }
+                Some(Err(e)) => ExitInfo {
                     state: SandboxState::Failed,
                     exit_code: None,
                     kill_reason: None,
                     error: Some(format!("exec: {e}")),
                 },
-                Ok(Ok(status)) => {
-                    let code = status.code();
-                    let said = String::from_utf8_lossy(&runtime_said.lock().expect("lock")).into_owned();
-                    // runsc itself exits 128 when it cannot start the command at all, and says why.
-                    let runsc_error = |l: &&str| {
-                        l.contains("executing processes for container")
-                            || l.starts_with("loading sandbox")
-                            || l.starts_with("loading container")
+                Some(Ok(status)) => {
+                    // Background children may hold the pipes open: take what comes soon, then stop.
+                    let drain = async {
+                        (&mut out).await.ok();
+                        (&mut err).await.ok();
                     };
-                    match said.lines().find(runsc_error) {
-                        Some(line) if code == Some(128) => ExitInfo {
-                            state: SandboxState::Failed,
-                            exit_code: None,
-                            kill_reason: None,
-                            error: Some(line.trim().to_owned()),
-                        },
-                        _ => ExitInfo { state: SandboxState::Exited, exit_code: code, kill_reason: None, error: None },
+                    if tokio::time::timeout(EXEC_DRAIN, drain).await.is_err() {
+                        out.abort();
+                        err.abort();
                     }
+                    let said = String::from_utf8_lossy(&runtime_said.lock().expect("lock")).into_owned();
+                    exec_exit(status.code(), &said)
                 }
             };
-            *last_active.lock().expect("lock") = Instant::now();
+            for ext in ["process.json", "pid"] {
+                let _ = std::fs::remove_file(spec.scratch.with_extension(ext));
+            }
             let _ = tx.send(OutputEvent::Exit(exit)).await;
         });
         Ok(rx)
@@ -527,6 +608,25 @@ impl Hecatoncheir {
     /// The state it records into.
     pub fn state(&self) -> &State {
         &self.state
+    }
+}
+
+/// How an exec ended, from the runtime's exit code and the end of what it wrote to stderr.
+fn exec_exit(code: Option<i32>, stderr_tail: &str) -> ExitInfo {
+    // runsc itself exits 128 when it cannot start the command at all, and says why.
+    let runsc_error = |l: &&str| {
+        l.contains("executing processes for container")
+            || l.starts_with("loading sandbox")
+            || l.starts_with("loading container")
+    };
+    match stderr_tail.lines().find(runsc_error) {
+        Some(line) if code == Some(128) => ExitInfo {
+            state: SandboxState::Failed,
+            exit_code: None,
+            kill_reason: None,
+            error: Some(line.trim().to_owned()),
+        },
+        _ => ExitInfo { state: SandboxState::Exited, exit_code: code, kill_reason: None, error: None },
     }
 }
 

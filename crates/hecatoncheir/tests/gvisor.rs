@@ -53,11 +53,12 @@ fn runtime(tmp: &Path) -> Gvisor {
     .expect("gVisor runtime")
 }
 
-async fn exec_output(rt: &Gvisor, id: &SandboxId, cmd: &[&str]) -> (String, i32) {
+async fn exec_output(rt: &Gvisor, id: &SandboxId, scratch: &Path, cmd: &[&str]) -> (String, i32) {
     let spec = ExecSpec {
         command: cmd.iter().map(|s| s.to_string()).collect(),
-        env: vec!["PATH=/bin".into()],
+        env: vec!["PATH=/bin".into(), "COMMA=a,b=c".into()],
         workdir: "/".into(),
+        scratch: scratch.join("exec"),
     };
     let out = rt.exec(id, &spec).await.unwrap().wait_with_output().await.unwrap();
     (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.code().unwrap_or(-1))
@@ -97,18 +98,19 @@ async fn session_lifecycle_exec_pause_resume_checkpoint_destroy() {
         tokio::process::Command::new(&main.argv[0]).args(&main.argv[1..]).kill_on_drop(true).spawn().unwrap();
     wait_for(&rt, &id, RuntimeStatus::Running).await;
 
-    let (out, code) = exec_output(&rt, &id, &["sh", "-c", "echo kept > /tmp/f; cat /tmp/f"]).await;
-    assert_eq!((out.as_str(), code), ("kept\n", 0));
+    let (out, code) =
+        exec_output(&rt, &id, tmp.path(), &["sh", "-c", "echo kept > /tmp/f; cat /tmp/f; echo $COMMA"]).await;
+    assert_eq!((out.as_str(), code), ("kept\na,b=c\n", 0), "values with commas arrive whole");
     assert!(!rootfs.join("tmp/f").exists(), "the template must never be written");
 
     rt.pause(&id).await.unwrap();
     assert_eq!(rt.status(&id).await.unwrap(), Some(RuntimeStatus::Paused));
     rt.resume(&id).await.unwrap();
     assert_eq!(rt.status(&id).await.unwrap(), Some(RuntimeStatus::Running));
-    let (out, _) = exec_output(&rt, &id, &["cat", "/tmp/f"]).await;
+    let (out, _) = exec_output(&rt, &id, tmp.path(), &["cat", "/tmp/f"]).await;
     assert_eq!(out, "kept\n", "state survives pause/resume");
 
-    let (_, code) = exec_output(&rt, &id, &["sh", "-c", "head -c 5000000 /dev/zero > /big"]).await;
+    let (_, code) = exec_output(&rt, &id, tmp.path(), &["sh", "-c", "head -c 5000000 /dev/zero > /big"]).await;
     assert_eq!(code, 0);
     let stats = rt.stats(&id, &dir).await.unwrap();
     assert!(stats.memory_bytes > 0, "the cgroup accounts the sandbox: {stats:?}");

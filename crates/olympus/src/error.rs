@@ -33,6 +33,12 @@ pub enum ApiError {
     /// No such route or resource.
     #[error("{0}")]
     NotFound(String),
+    /// The route exists, not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The body is too large.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// The sandbox is not in a state that allows this.
     #[error("{0}")]
     NotRunning(String),
@@ -62,6 +68,8 @@ impl ApiError {
             Self::PolicyDenied(_) => (StatusCode::FORBIDDEN, "policy_denied"),
             Self::SandboxNotFound(_) => (StatusCode::NOT_FOUND, "sandbox_not_found"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),

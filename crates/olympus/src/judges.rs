@@ -109,17 +109,19 @@ fn humantime(d: Duration) -> String {
 
 /// Aeacus — audit: every verdict, approved or not, appended to a JSON-lines file.
 pub struct Aeacus {
-    log: Mutex<std::fs::File>,
+    log: Arc<Mutex<std::fs::File>>,
 }
 
 impl Aeacus {
-    /// Appends to `path` (created if absent).
+    /// Appends to `path` (created if absent, readable by its owner only).
     pub fn open(path: PathBuf) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { log: Mutex::new(f) })
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        Ok(Self { log: Arc::new(Mutex::new(f)) })
     }
 
-    fn record(&self, verdict: &Verdict, spec: &SandboxSpec) {
+    /// Writes one line for `verdict`; an approval that cannot be audited is not an approval.
+    async fn record(&self, verdict: &Verdict, spec: &SandboxSpec) -> Result<(), ApiError> {
         let line = serde_json::json!({
             "at": verdict.judged_at,
             "principal": verdict.principal,
@@ -130,10 +132,11 @@ impl Aeacus {
             "approved": verdict.approved(),
             "rulings": verdict.rulings,
         });
-        let mut f = self.log.lock().expect("lock");
-        if let Err(e) = writeln!(f, "{line}") {
-            tracing::error!(error = %e, "audit log write failed");
-        }
+        let log = self.log.clone();
+        let written = tokio::task::spawn_blocking(move || writeln!(log.lock().expect("lock"), "{line}"))
+            .await
+            .expect("audit task panicked");
+        written.map_err(|e| ApiError::Internal(format!("the audit log cannot be written, so nothing is admitted: {e}")))
     }
 }
 
@@ -159,7 +162,7 @@ impl Tribunal {
         }
         rulings.push(ruling("aeacus", true, "recorded in the audit log"));
         let verdict = Verdict { principal: who.name.clone(), rulings, judged_at: Utc::now() };
-        self.aeacus.record(&verdict, spec);
+        self.aeacus.record(&verdict, spec).await?;
         match verdict.refusal() {
             Some(r) if r.judge == "minos" => Err(ApiError::QuotaExceeded(r.reason.clone())),
             Some(r) => Err(ApiError::PolicyDenied(r.reason.clone())),

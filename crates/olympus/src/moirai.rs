@@ -126,11 +126,17 @@ impl Moirai {
             match this.place(&delivery.id).await {
                 Ok(Some(node)) => {
                     tokio::spawn(async move {
-                        if let Err(e) = node.launch(&delivery.id).await {
-                            error!(sandbox = %delivery.id, error = %e, "launch could not be recorded");
-                        }
-                        if let Err(e) = this.state.acheron.ack(delivery.seq).await {
-                            error!(error = %e, "Acheron ack failed");
+                        let handled = match node.launch(&delivery.id).await {
+                            Ok(()) => this.state.acheron.ack(delivery.seq).await,
+                            Err(e) => {
+                                // Its outcome is not recorded: leave it to be delivered again.
+                                error!(sandbox = %delivery.id, error = %e, "launch could not be recorded; retrying");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                this.state.acheron.nack(delivery.seq).await
+                            }
+                        };
+                        if let Err(e) = handled {
+                            error!(error = %e, "Acheron acknowledgement failed");
                         }
                     });
                 }
@@ -139,7 +145,13 @@ impl Moirai {
                         error!(error = %e, "Acheron ack failed");
                     }
                 }
-                Err(e) => error!(sandbox = %delivery.id, error = %e, "placement failed; left in Acheron"),
+                Err(e) => {
+                    error!(sandbox = %delivery.id, error = %e, "placement failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Err(e) = self.state.acheron.nack(delivery.seq).await {
+                        error!(error = %e, "Acheron nack failed");
+                    }
+                }
             }
         }
     }

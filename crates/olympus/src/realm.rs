@@ -16,6 +16,9 @@ use crate::judges::{Aeacus, Minos, Policy, Rhadamanthus, Tribunal};
 use crate::metrics::Metrics;
 use crate::moirai::{Moirai, Node};
 
+/// How long open streams may keep the server up after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// How Olympus is set up.
 #[derive(Debug, Clone)]
 pub struct OlympusConfig {
@@ -62,7 +65,16 @@ impl Olympus {
         tokio::spawn(moirai.clone().run());
         tokio::spawn(moirai.clone().heartbeats());
         tokio::spawn(count_endings(events.clone(), metrics.clone()));
-        let ctx = Ctx { state, events, tribunal: Arc::new(tribunal), moirai, metrics, templates_dir };
+        let ctx = Ctx {
+            state,
+            events,
+            tribunal: Arc::new(tribunal),
+            moirai,
+            metrics,
+            templates_dir,
+            admission: Default::default(),
+            imports: Default::default(),
+        };
         Ok(Self { ctx, cerberus: Cerberus::with_admin_key(cfg.admin_token) })
     }
 
@@ -79,7 +91,24 @@ impl Olympus {
     ) -> std::io::Result<()> {
         let addr: SocketAddr = listener.local_addr()?;
         info!(%addr, "Olympus serving");
-        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+        // Streams (logs -f, exec, wait=true) may stay open indefinitely: after the signal they
+        // get a short grace, then the server stops regardless.
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let signalled = async move {
+            shutdown.await;
+            let _ = stop_tx.send(());
+        };
+        let server = axum::serve(listener, self.router()).with_graceful_shutdown(signalled);
+        tokio::select! {
+            r = server => r,
+            _ = async {
+                let _ = stop_rx.await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                info!("open streams did not finish within the shutdown grace; stopping");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -293,6 +293,12 @@ impl Acheron for EmbeddedStore {
         .await
     }
 
+    async fn nack(&self, seq: u64) -> Result<(), StoreError> {
+        self.in_flight.lock().expect("lock").remove(&seq);
+        self.arrivals.notify_one();
+        Ok(())
+    }
+
     async fn depth(&self) -> Result<u64, StoreError> {
         self.blocking(|db| {
             let tx = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
@@ -324,7 +330,10 @@ mod tests {
         }
         let s = EmbeddedStore::open(&path).unwrap();
         assert_eq!(s.depth().await.unwrap(), 1);
-        assert_eq!(s.pull().await.unwrap().id, b);
+        let d = s.pull().await.unwrap();
+        assert_eq!(d.id, b);
+        s.nack(d.seq).await.unwrap();
+        assert_eq!(s.pull().await.unwrap(), d, "a nacked entry is delivered again");
     }
 
     #[tokio::test]

@@ -117,6 +117,8 @@ pub trait Acheron: Send + Sync {
     async fn pull(&self) -> Result<Delivery, StoreError>;
     /// Removes a handled entry.
     async fn ack(&self, seq: u64) -> Result<(), StoreError>;
+    /// Gives a taken entry back, to be delivered again.
+    async fn nack(&self, seq: u64) -> Result<(), StoreError>;
     /// Entries waiting or taken but not acknowledged.
     async fn depth(&self) -> Result<u64, StoreError>;
 }

@@ -37,6 +37,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
 fn describe(rec: &SandboxRecord) -> String {
     match (rec.state, rec.kill_reason) {
         (SandboxState::Killed, Some(KillReason::Requested)) => format!("{} killed", rec.id),
+        (s, _) if !s.is_terminal() => format!("{} is being killed (still {})", rec.id, s.as_str()),
         _ => format!("{} had already ended: {}", rec.id, rec.outcome()),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,8 +96,11 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     if !nix_is_root() {
         bail!("tartarus up must run as root (gVisor needs it to build sandboxes); try sudo");
     }
-    let data = &g.data_dir;
-    std::fs::create_dir_all(data).with_context(|| format!("creating data dir {}", data.display()))?;
+    // Everything below holds tenants' environment and output: only root may read it.
+    let created = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&g.data_dir);
+    created.with_context(|| format!("creating data dir {}", g.data_dir.display()))?;
+    // Absolute, so the shims' command lines (how restarts recognise them) never depend on the cwd.
+    let data = &std::fs::canonicalize(&g.data_dir).with_context(|| format!("resolving {}", g.data_dir.display()))?;
     let store = Arc::new(
         EmbeddedStore::open(&data.join("state.redb"))
             .context("opening the state database (is another `tartarus up` using this data dir?)")?,
@@ -135,9 +138,10 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     let report = agent.adopt().await.context("re-adopting sandboxes from before the restart")?;
     if report != Default::default() {
         eprintln!(
-            "tartarus: after restart: {} re-adopted, {} had ended meanwhile, {} lost",
+            "tartarus: after restart: {} re-adopted, {} had ended meanwhile, {} queued again, {} lost",
             report.adopted.len(),
             report.finished.len(),
+            report.requeued.len(),
             report.lost.len()
         );
     }

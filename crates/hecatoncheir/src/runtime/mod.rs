@@ -49,6 +49,8 @@ pub struct ExecSpec {
     pub env: Vec<String>,
     /// Working directory.
     pub workdir: String,
+    /// A path prefix the runtime may use for this exec's own files (removed by the agent).
+    pub scratch: PathBuf,
 }
 
 /// What a runtime reports about a sandbox it knows.
@@ -123,6 +125,9 @@ pub trait Runtime: Send + Sync {
 
     /// Starts `spec` inside running sandbox `id`; stdout and stderr are piped, stdin is null.
     async fn exec(&self, id: &SandboxId, spec: &ExecSpec) -> Result<tokio::process::Child, RuntimeError>;
+
+    /// Kills a process started by [`Runtime::exec`] (its timeout passed, or nobody reads it).
+    async fn kill_exec(&self, id: &SandboxId, spec: &ExecSpec) -> Result<(), RuntimeError>;
 
     /// Sends `signal` to the main process (and, with `all`, every process) of `id`.
     async fn kill(&self, id: &SandboxId, signal: i32, all: bool) -> Result<(), RuntimeError>;

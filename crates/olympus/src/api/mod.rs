@@ -35,6 +35,10 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// Where imported templates are kept.
     pub templates_dir: PathBuf,
+    /// Held from judgment to queueing, so Minos counts what the previous admission added.
+    pub admission: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a template is imported, so two imports of one name cannot interleave.
+    pub imports: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A JSON body (whatever the `Content-Type` says); anything unparsable is a `malformed_json`
@@ -49,13 +53,52 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::MalformedJson(format!("cannot read the request body: {}", e.body_text())))?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(format!("the request body is larger than {BODY_LIMIT} bytes"))
+            } else {
+                ApiError::MalformedJson(format!("cannot read the request body: {}", e.body_text()))
+            }
+        })?;
         if bytes.is_empty() {
             return Err(ApiError::MalformedJson("the request body is empty; send a JSON object".into()));
         }
         serde_json::from_slice(&bytes).map(Body).map_err(|e| ApiError::MalformedJson(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Query parameters whose rejections become `invalid_request` errors.
+pub struct Q<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Q<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Q(q.0))
+            .map_err(|e| ApiError::InvalidRequest(format!("query: {}", e.body_text())))
+    }
+}
+
+/// The `{id}` path segment, as text; a segment that cannot be decoded names no sandbox.
+pub struct IdPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| IdPath(p.0))
+            .map_err(|_| ApiError::SandboxNotFound("no such sandbox (ids look like sb-0123456789abcdef)".into()))
     }
 }
 
@@ -111,5 +154,7 @@ pub fn router(ctx: Ctx, cerberus: Cerberus) -> Router {
         .route("/healthz", get(realm::healthz))
         .route("/metrics", get(realm::metrics))
         .fallback(realm::fallback)
+        .method_not_allowed_fallback(realm::method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(ctx)
 }

@@ -53,6 +53,11 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
+/// Known routes, wrong method.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}; see GET /v1/openapi.json", uri.path()))
+}
+
 /// Unknown routes.
 pub async fn fallback(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route {uri}; see GET /v1/openapi.json"))

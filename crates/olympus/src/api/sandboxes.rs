@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -16,7 +16,7 @@ use tartarus_core::{
 use tartarus_store::SandboxFilter;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{stream, Body, Ctx};
+use super::{stream, Body, Ctx, IdPath, Q};
 use crate::cerberus::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::moirai::Node;
@@ -56,7 +56,7 @@ pub struct CreateQuery {
 pub async fn create(
     State(ctx): State<Ctx>,
     Extension(who): Extension<Principal>,
-    Query(q): Query<CreateQuery>,
+    Q(q): Q<CreateQuery>,
     Body(req): Body<SoulRequest>,
 ) -> Result<Response, ApiError> {
     let result = admit(&ctx, &who, req).await;
@@ -84,10 +84,27 @@ async fn admit(ctx: &Ctx, who: &Principal, req: SoulRequest) -> Result<SandboxRe
             spec.template
         )));
     }
+    let _admitting = ctx.admission.lock().await;
     let verdict = ctx.tribunal.judge(who, &spec).await?;
     let rec = SandboxRecord::admitted(SandboxId::generate(), spec, verdict);
     ctx.state.sandboxes.insert(&rec).await?;
-    ctx.state.acheron.push(&rec.id).await?;
+    if let Err(e) = ctx.state.acheron.push(&rec.id).await {
+        // Recorded but not queued: end the record rather than leave it queued forever.
+        let error = format!("could not be queued: {e}");
+        let _ = ctx
+            .state
+            .sandboxes
+            .update(
+                &rec.id,
+                Box::new(move |r| {
+                    r.state = SandboxState::Failed;
+                    r.error = Some(error);
+                    r.ended_at = Some(Utc::now());
+                }),
+            )
+            .await;
+        return Err(e.into());
+    }
     ctx.metrics.admitted.inc();
     ctx.events.publish(&rec);
     Ok(rec)
@@ -134,7 +151,7 @@ pub struct SandboxList {
 pub async fn list(
     State(ctx): State<Ctx>,
     Extension(who): Extension<Principal>,
-    Query(q): Query<ListQuery>,
+    Q(q): Q<ListQuery>,
 ) -> Result<Json<SandboxList>, ApiError> {
     let mut filter = SandboxFilter { limit: q.limit, tenant: Some(who.tenant), ..Default::default() };
     for s in q.state.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
@@ -157,14 +174,14 @@ pub async fn list(
 /// One sandbox.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}", params(("id" = String, Path, description = "Sandbox id")),
     responses((status = 200, body = SandboxRecord), (status = 404, body = ErrorBody)))]
-pub async fn get_one(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<SandboxRecord>, ApiError> {
+pub async fn get_one(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Json<SandboxRecord>, ApiError> {
     Ok(Json(record(&ctx, &parse_id(&id)?).await?))
 }
 
 /// Kill a sandbox (reason `requested`); answers with its final record.
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}", params(("id" = String, Path, description = "Sandbox id")),
     responses((status = 200, body = SandboxRecord), (status = 202, description = "Kill under way", body = SandboxRecord), (status = 404, body = ErrorBody)))]
-pub async fn kill(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn kill(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -248,8 +265,8 @@ const BUFFER_LIMIT: usize = 16 * 1024 * 1024;
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn exec(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
-    Query(q): Query<ExecQuery>,
+    IdPath(id): IdPath,
+    Q(q): Q<ExecQuery>,
     Body(req): Body<ExecRequest>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
@@ -287,11 +304,7 @@ pub struct LogsQuery {
 /// The main process's output as Server-Sent Events.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/logs", params(("id" = String, Path, description = "Sandbox id"), LogsQuery),
     responses((status = 200, description = "text/event-stream of stdout/stderr events, and exit once ended"), (status = 404, body = ErrorBody)))]
-pub async fn logs(
-    State(ctx): State<Ctx>,
-    Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
-) -> Result<Response, ApiError> {
+pub async fn logs(State(ctx): State<Ctx>, IdPath(id): IdPath, Q(q): Q<LogsQuery>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let rec = record(&ctx, &id).await?;
     // Queued sandboxes have no node yet: the logs are read where they will be written.
@@ -311,7 +324,7 @@ pub async fn logs(
 /// Freeze a running sandbox.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/pause", params(("id" = String, Path, description = "Sandbox id")),
     responses((status = 200, body = SandboxRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn pause(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<SandboxRecord>, ApiError> {
+pub async fn pause(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Json<SandboxRecord>, ApiError> {
     let id = parse_id(&id)?;
     let rec = record(&ctx, &id).await?;
     Ok(Json(node_of(&ctx, &rec)?.pause(&id).await?))
@@ -320,7 +333,7 @@ pub async fn pause(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Jso
 /// Thaw a paused sandbox.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/resume", params(("id" = String, Path, description = "Sandbox id")),
     responses((status = 200, body = SandboxRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn resume(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<SandboxRecord>, ApiError> {
+pub async fn resume(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Json<SandboxRecord>, ApiError> {
     let id = parse_id(&id)?;
     let rec = record(&ctx, &id).await?;
     Ok(Json(node_of(&ctx, &rec)?.resume(&id).await?))

@@ -14,19 +14,41 @@ pub struct Utf8Carry {
 }
 
 impl Utf8Carry {
-    /// Text for `bytes`, holding back an incomplete trailing sequence for the next call.
+    /// Text for `bytes`, holding back an incomplete trailing sequence for the next call;
+    /// invalid bytes become U+FFFD.
     pub fn push(&mut self, bytes: &[u8]) -> String {
         self.pending.extend_from_slice(bytes);
-        let valid_up_to = match std::str::from_utf8(&self.pending) {
-            Ok(_) => self.pending.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => self.pending.len(),
-        };
-        let rest = self.pending.split_off(valid_up_to);
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending = rest;
+        let mut text = String::new();
+        let mut kept = Vec::new();
+        let mut chunks = self.pending.utf8_chunks().peekable();
+        while let Some(chunk) = chunks.next() {
+            text.push_str(chunk.valid());
+            let invalid = chunk.invalid();
+            if invalid.is_empty() {
+                continue;
+            }
+            // Only the very end may be the start of a sequence still to come.
+            let at_end = chunks.peek().is_none();
+            if at_end && invalid.len() < 4 && std::str::from_utf8(invalid).is_err() && could_continue(invalid) {
+                kept.extend_from_slice(invalid);
+            } else {
+                text.push('\u{fffd}');
+            }
+        }
+        self.pending = kept;
         text
     }
+}
+
+/// Whether `bytes` is a proper prefix of some UTF-8 sequence (a lead byte and its continuations so far).
+fn could_continue(bytes: &[u8]) -> bool {
+    let need = match bytes[0] {
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => return false,
+    };
+    bytes.len() < need && bytes[1..].iter().all(|b| (0x80..=0xbf).contains(b))
 }
 
 /// An SSE response for an output stream.
@@ -64,5 +86,8 @@ mod tests {
         assert_eq!(c.push(&[b'a', snow[0]]), "a");
         assert_eq!(c.push(&snow[1..]), "☃");
         assert_eq!(c.push(&[0xff, b'b']), "\u{fffd}b");
+        // An invalid byte and an incomplete tail in the same chunk: only the tail waits.
+        assert_eq!(c.push(&[0xff, b'a', snow[0], snow[1]]), "\u{fffd}a");
+        assert_eq!(c.push(&snow[2..]), "☃");
     }
 }

@@ -51,10 +51,17 @@ pub async fn import(
     if !src.is_dir() {
         return Err(ApiError::InvalidRequest(format!("path: {:?} is not a directory on the realm's host", req.path)));
     }
+    let _importing = ctx.imports.lock().await;
     if ctx.state.templates.template(&name).await?.is_some() {
         return Err(ApiError::Conflict(format!("template {name} exists already")));
     }
     let dest = ctx.templates_dir.join(name.as_str());
+    if dest.exists() {
+        // Left by an import that died half-way (it was never registered): start afresh.
+        tokio::fs::remove_dir_all(&dest)
+            .await
+            .map_err(|e| ApiError::Internal(format!("clearing {}: {e}", dest.display())))?;
+    }
     let size = copy_tree(&src, &dest).await?;
     let rec = TemplateRecord {
         name,
@@ -70,8 +77,8 @@ pub async fn import(
 
 /// Copies `src` to `<dest>/rootfs` via a temporary directory, so a failed copy leaves nothing.
 async fn copy_tree(src: &Path, dest: &Path) -> Result<u64, ApiError> {
-    let tmp = dest.with_extension("importing");
-    let _ = tokio::fs::remove_dir_all(&tmp).await;
+    // A name no template can have (they never start with a dot), unique per import.
+    let tmp = dest.with_file_name(format!(".import-{:016x}", rand_u64()));
     let io = |what: &str, e: std::io::Error| ApiError::Internal(format!("{what}: {e}"));
     tokio::fs::create_dir_all(tmp.join("rootfs")).await.map_err(|e| io("creating the template directory", e))?;
     let out = tokio::process::Command::new("cp")
@@ -91,8 +98,18 @@ async fn copy_tree(src: &Path, dest: &Path) -> Result<u64, ApiError> {
     }
     let root = tmp.join("rootfs");
     let size = tokio::task::spawn_blocking(move || tree_size(&root)).await.expect("size task");
-    tokio::fs::rename(&tmp, dest).await.map_err(|e| io("installing the template", e))?;
+    if let Err(e) = tokio::fs::rename(&tmp, dest).await {
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        return Err(io("installing the template", e));
+    }
     Ok(size)
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish()
 }
 
 fn tree_size(p: &Path) -> u64 {

@@ -67,10 +67,38 @@ pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, cgroup: &str) -
     serde_json::to_string_pretty(&spec_out).expect("spec serializes")
 }
 
+/// The OCI process file for `runsc exec --process`: argv, environment and cwd verbatim.
+pub fn exec_process(spec: &crate::runtime::ExecSpec) -> String {
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build().expect("user"))
+        .args(spec.command.clone())
+        .env(spec.env.clone())
+        .cwd(spec.workdir.clone())
+        .no_new_privileges(true)
+        .build()
+        .expect("process");
+    serde_json::to_string(&process).expect("process serializes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tartarus_core::{Resources, SandboxId};
+
+    #[test]
+    fn exec_process_keeps_values_whole() {
+        let spec = crate::runtime::ExecSpec {
+            command: vec!["sh".into(), "-c".into(), "echo $A".into()],
+            env: vec!["A=x,B=injected".into()],
+            workdir: "/tmp".into(),
+            scratch: "/x".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&exec_process(&spec)).unwrap();
+        assert_eq!(v["env"], serde_json::json!(["A=x,B=injected"]));
+        assert_eq!(v["cwd"], "/tmp");
+        assert_eq!(v["terminal"], false);
+    }
 
     #[test]
     fn session_bundles_mount_the_keeper() {

@@ -270,18 +270,34 @@ impl Runtime for Gvisor {
     }
 
     async fn exec(&self, id: &SandboxId, spec: &ExecSpec) -> Result<tokio::process::Child, RuntimeError> {
-        let mut args: Vec<String> = vec!["exec".into(), "--cwd".into(), spec.workdir.clone()];
-        for e in &spec.env {
-            args.push("--env".into());
-            args.push(e.clone());
-        }
-        args.push(id.to_string());
-        args.extend(spec.command.iter().cloned());
+        // The process goes to runsc as an OCI process file: flags would split values on commas.
+        let process = bundle::exec_process(spec);
+        let file = spec.scratch.with_extension("process.json");
+        crate::lethe::write_atomic(&file, process.as_bytes())
+            .map_err(|source| RuntimeError::Prepare { path: file.clone(), source })?;
+        let args = [
+            "exec".into(),
+            format!("--process={}", file.display()),
+            format!("--internal-pid-file={}", spec.scratch.with_extension("pid").display()),
+            id.to_string(),
+        ];
         self.command(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| RuntimeError::Spawn { program: self.runsc.path.display().to_string(), source })
+    }
+
+    async fn kill_exec(&self, id: &SandboxId, spec: &ExecSpec) -> Result<(), RuntimeError> {
+        let pid_file = spec.scratch.with_extension("pid");
+        let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<u32>().ok()) else {
+            return Ok(()); // never started inside the sandbox
+        };
+        let args = ["kill".into(), format!("--pid={pid}"), id.to_string(), "KILL".into()];
+        match self.runsc_ok("kill", &args).await {
+            Err(RuntimeError::Refused { message, .. }) if message.contains("no such process") => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     async fn kill(&self, id: &SandboxId, signal: i32, all: bool) -> Result<(), RuntimeError> {
@@ -365,11 +381,13 @@ impl Runtime for Gvisor {
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<SandboxStats, RuntimeError> {
-        match self.runsc_ok("delete", &["delete".into(), "--force".into(), id.to_string()]).await {
-            Err(e) if !Self::not_found(&e) => return Err(e),
-            _ => {}
-        }
+        let deleted = match self.runsc_ok("delete", &["delete".into(), "--force".into(), id.to_string()]).await {
+            Err(e) if !Self::not_found(&e) => Err(e),
+            _ => Ok(()),
+        };
+        // The cgroup goes whatever runsc said: an empty one is removable, a busy one says so.
         let cgroup = self.cgroup(id);
-        Ok(tokio::task::spawn_blocking(move || cgroup.remove()).await.expect("cgroup task panicked")?)
+        let stats = tokio::task::spawn_blocking(move || cgroup.remove()).await.expect("cgroup task panicked")?;
+        deleted.map(|()| stats)
     }
 }
