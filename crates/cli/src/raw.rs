@@ -11,19 +11,15 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tartarus_core::{Resources, SandboxId};
-use tartarus_hecatoncheir::runtime::gvisor::{bundle, Platform, RunscInfo};
+use tartarus_hecatoncheir::runtime::gvisor::{self, bundle, Platform, RunscInfo};
 use tartarus_hecatoncheir::runtime::{env_list, LaunchSpec};
 
 /// Where cgroup hierarchies are mounted.
 const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 
-/// The platform the gVisor runtime chooses by itself: systrap where this `runsc` has it.
+/// The platform the gVisor runtime chooses by itself.
 pub fn default_platform(info: &RunscInfo) -> Platform {
-    if info.has_systrap {
-        Platform::Systrap
-    } else {
-        Platform::Ptrace
-    }
+    Platform::auto(info)
 }
 
 /// Writes `dir/config.json`: `command` over `rootfs`, default resources, cgroup `cgroup`.
@@ -75,13 +71,7 @@ pub struct RawOutcome {
 impl RawRun<'_> {
     /// The argv after the program.
     pub fn args(&self) -> Vec<String> {
-        let mut a = vec![
-            "--root".to_owned(),
-            self.root.display().to_string(),
-            format!("--platform={}", self.platform.as_str()),
-            "--network=none".to_owned(),
-        ];
-        a.extend(self.overlay.clone());
+        let mut a = gvisor::sandbox_flags(self.root, self.platform, self.overlay.clone());
         a.extend(["run".to_owned(), "--bundle".to_owned(), self.bundle.display().to_string(), self.id.to_owned()]);
         a
     }

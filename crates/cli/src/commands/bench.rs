@@ -107,12 +107,8 @@ impl RawSetup {
         let cgroup = format!("{CGROUP_PARENT}/{id}");
         raw::write_bundle(&bundle, &self.rootfs, &["echo", "hi"], &cgroup)
             .map_err(|e| format!("cannot write the bundle {}: {e}", bundle.display()))?;
-        let overlay = if self.info.overlay_dir {
-            std::fs::create_dir_all(&upper).map_err(|e| format!("cannot make {}: {e}", upper.display()))?;
-            format!("--overlay2=root:dir={}", upper.display())
-        } else {
-            "--overlay2=root:memory".to_owned()
-        };
+        std::fs::create_dir_all(&upper).map_err(|e| format!("cannot make {}: {e}", upper.display()))?;
+        let overlay = tartarus_hecatoncheir::runtime::gvisor::overlay_flag(&self.info, &upper);
         let state = self.tmp.path().join("state");
         let run = RawRun {
             runsc: &self.info.path,

@@ -113,6 +113,39 @@ impl RunscInfo {
     }
 }
 
+impl Platform {
+    /// The platform chosen when none is asked for: systrap where this `runsc` has it, else ptrace.
+    pub fn auto(runsc: &RunscInfo) -> Self {
+        if runsc.has_systrap {
+            Self::Systrap
+        } else {
+            Self::Ptrace
+        }
+    }
+}
+
+/// The `--overlay2` flag keeping a sandbox's writes out of its root: on disk in `writable`
+/// where this `runsc` can, in memory otherwise.
+pub fn overlay_flag(runsc: &RunscInfo, writable: &Path) -> String {
+    if runsc.overlay_dir {
+        format!("--overlay2=root:dir={}", writable.display())
+    } else {
+        "--overlay2=root:memory".into()
+    }
+}
+
+/// The global `runsc` flags of a new sandbox: state root, platform, no network, and `overlay`.
+pub fn sandbox_flags(state_root: &Path, platform: Platform, overlay: Option<String>) -> Vec<String> {
+    let mut a = vec![
+        "--root".to_owned(),
+        state_root.display().to_string(),
+        format!("--platform={}", platform.as_str()),
+        "--network=none".to_owned(),
+    ];
+    a.extend(overlay);
+    a
+}
+
 /// Finds a program on `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
@@ -167,8 +200,7 @@ impl Gvisor {
                 )))
             }
             Some(p) => p,
-            None if runsc.has_systrap => Platform::Systrap,
-            None => Platform::Ptrace,
+            None => Platform::auto(&runsc),
         };
         std::fs::create_dir_all(&cfg.state_root)
             .map_err(|source| GvisorSetupError::StateRoot { path: cfg.state_root.clone(), source })?;
@@ -205,15 +237,7 @@ impl Gvisor {
 
     /// Flags that shape a new sandbox (given to `run` and `restore`).
     fn sandbox_args(&self, dir: &SandboxDir) -> Vec<String> {
-        let mut a = self.base_args();
-        a.push(format!("--platform={}", self.platform.as_str()));
-        a.push("--network=none".into());
-        a.push(if self.runsc.overlay_dir {
-            format!("--overlay2=root:dir={}", dir.writable().display())
-        } else {
-            "--overlay2=root:memory".into()
-        });
-        a
+        sandbox_flags(&self.state_root, self.platform, Some(overlay_flag(&self.runsc, &dir.writable())))
     }
 
     fn command(&self, args: &[String]) -> Command {
