@@ -18,6 +18,14 @@ use tartarus_core::{Resources, SandboxStats};
 /// Memory added to a sandbox's limit for the runtime itself (gVisor's Sentry and Gofer).
 pub const RUNTIME_OVERHEAD_MIB: u64 = 32;
 
+/// Most host tasks (threads) one sandbox's runtime may have.
+pub const PIDS_MAX: u64 = 16_384;
+
+/// The memory limit of a sandbox's cgroup, in bytes: what was asked plus the runtime's share.
+pub fn memory_limit_bytes(res: &Resources) -> u64 {
+    (res.memory_mib + RUNTIME_OVERHEAD_MIB) * 1024 * 1024
+}
+
 /// A cgroup operation that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("cgroup {path}: {action}")]
@@ -95,9 +103,9 @@ impl Cgroup {
         }
     }
 
-    /// Creates the cgroup with the limits of `res` (memory gets [`RUNTIME_OVERHEAD_MIB`] on top).
+    /// Creates the cgroup with the limits of `res` (memory as [`memory_limit_bytes`]).
     pub fn create(&self, res: &Resources, pids_max: u64) -> Result<(), CgroupError> {
-        let mem = (res.memory_mib + RUNTIME_OVERHEAD_MIB) * 1024 * 1024;
+        let mem = memory_limit_bytes(res);
         let period = 100_000u64;
         let quota = u64::from(res.vcpus) * period;
         let mkdir = |p: PathBuf| {

@@ -5,7 +5,7 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
-use crate::erinyes::RUNTIME_OVERHEAD_MIB;
+use crate::erinyes::{memory_limit_bytes, PIDS_MAX};
 use crate::runtime::LaunchSpec;
 
 /// Where the session keeper (a static busybox, run as `busybox sleep`) is mounted inside session sandboxes.
@@ -29,7 +29,7 @@ pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, cgroup: &str) -
         .build()
         .expect("process");
     let root = RootBuilder::default().path(spec.rootfs.clone()).readonly(false).build().expect("root");
-    let mem = ((spec.resources.memory_mib + RUNTIME_OVERHEAD_MIB) * 1024 * 1024) as i64;
+    let mem = memory_limit_bytes(&spec.resources) as i64;
     let resources = LinuxResourcesBuilder::default()
         .memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build().expect("memory"))
         .cpu(
@@ -39,7 +39,7 @@ pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, cgroup: &str) -
                 .build()
                 .expect("cpu"),
         )
-        .pids(LinuxPidsBuilder::default().limit(16_384i64).build().expect("pids"))
+        .pids(LinuxPidsBuilder::default().limit(PIDS_MAX as i64).build().expect("pids"))
         .build()
         .expect("resources");
     let mut spec_out = Spec::default();
@@ -115,7 +115,10 @@ mod tests {
         assert_eq!(v["process"]["args"][0], SESSION_INIT);
         assert_eq!(v["root"]["path"], "/t/rootfs");
         assert_eq!(v["linux"]["cgroupsPath"], "/tartarus/x");
-        assert_eq!(v["linux"]["resources"]["memory"]["limit"], (64 + RUNTIME_OVERHEAD_MIB) * 1024 * 1024);
+        assert_eq!(
+            v["linux"]["resources"]["memory"]["limit"],
+            (64 + crate::erinyes::RUNTIME_OVERHEAD_MIB) * 1024 * 1024
+        );
         assert!(v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == SESSION_INIT));
         spec.command = Some(vec!["echo".into(), "hi".into()]);
         let v: serde_json::Value =

@@ -268,7 +268,7 @@ impl Gvisor {
     fn prepare(&self, spec: &LaunchSpec, dir: &SandboxDir) -> Result<(), RuntimeError> {
         dir.create().map_err(|source| RuntimeError::Prepare { path: dir.root().to_owned(), source })?;
         let cgroup = self.cgroup(&spec.id);
-        cgroup.create(&spec.resources, 16_384)?;
+        cgroup.create(&spec.resources, crate::erinyes::PIDS_MAX)?;
         let config = bundle::config(spec, &self.session_init, cgroup.rel());
         let path = dir.bundle().join("config.json");
         crate::lethe::write_atomic(&path, config.as_bytes()).map_err(|source| RuntimeError::Prepare { path, source })
