@@ -9,20 +9,8 @@ cd "$repo"
 
 step() { echo; echo "==> $*"; }
 
-# cargo is often not on root's PATH (rustup installs to ~/.cargo/bin; sudo resets PATH): look
-# in root's home, then in the home of the user who ran sudo.
-find_cargo() {
-    command -v cargo >/dev/null 2>&1 && return 0
-    local home
-    for home in "${HOME:-/root}" /root ${SUDO_USER:+"$(getent passwd "$SUDO_USER" | cut -d: -f6)"}; do
-        if [[ -n "$home" && -x "$home/.cargo/bin/cargo" ]]; then
-            export PATH="$home/.cargo/bin:$PATH"
-            [[ -n "${RUSTUP_HOME:-}" || ! -d "$home/.rustup" ]] || export RUSTUP_HOME="$home/.rustup"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 find_cargo || {
     echo "test: cargo not found: install a Rust toolchain (1.80 or newer), e.g. with rustup" >&2
     exit 1

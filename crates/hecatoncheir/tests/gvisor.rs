@@ -74,17 +74,31 @@ async fn wait_for(rt: &Gvisor, id: &SandboxId, want: RuntimeStatus) {
     panic!("sandbox never reached {want:?}");
 }
 
-#[tokio::test]
-async fn session_lifecycle_exec_pause_resume_checkpoint_destroy() {
-    if !prerequisites() {
-        return;
-    }
+/// A runtime over a fresh busybox root, and one sandbox's id and directory.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    rootfs: std::path::PathBuf,
+    rt: Gvisor,
+    id: SandboxId,
+    dir: SandboxDir,
+}
+
+fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = tmp.path().join("rootfs");
     busybox_root(&rootfs);
     let rt = runtime(tmp.path());
     let id = SandboxId::generate();
     let dir = SandboxDir::new(&tmp.path().join("sandboxes"), &id);
+    Fixture { tmp, rootfs, rt, id, dir }
+}
+
+#[tokio::test]
+async fn session_lifecycle_exec_pause_resume_checkpoint_destroy() {
+    if !prerequisites() {
+        return;
+    }
+    let Fixture { tmp, rootfs, rt, id, dir } = fixture();
     let spec = LaunchSpec {
         id: id.clone(),
         rootfs: rootfs.clone(),
@@ -134,12 +148,7 @@ async fn main_command_exit_code_and_limits_in_the_bundle() {
     if !prerequisites() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let rootfs = tmp.path().join("rootfs");
-    busybox_root(&rootfs);
-    let rt = runtime(tmp.path());
-    let id = SandboxId::generate();
-    let dir = SandboxDir::new(&tmp.path().join("sandboxes"), &id);
+    let Fixture { tmp: _tmp, rootfs, rt, id, dir } = fixture();
     let spec = LaunchSpec {
         id: id.clone(),
         rootfs,
