@@ -139,3 +139,20 @@ async fn sigterm_stops_the_realm_and_keeps_its_records() {
     let rec = realm.run(soul(&["true"])).await;
     assert_eq!(rec["state"], "exited", "{rec}");
 }
+
+#[tokio::test]
+async fn restart_releases_what_ended_sandboxes_still_held() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let mut realm = Realm::start().await;
+    let rec = realm.run(soul(&["true"])).await;
+    let id = id_of(&rec);
+    // As if the realm had stopped between recording the end and wiping the writable layer.
+    let leftover = realm.sandbox_dir(&id).join("lethe");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("tenant-data"), "x").unwrap();
+    realm.restart().await;
+    assert!(!leftover.exists(), "the writable layer of an ended sandbox is wiped at start-up");
+    assert_eq!(realm.record(&id).await["state"], "exited");
+}

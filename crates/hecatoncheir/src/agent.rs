@@ -485,7 +485,29 @@ impl Hecatoncheir {
                 }
             }
         }
+        self.sweep().await;
         Ok(report)
+    }
+
+    /// Releases what ended sandboxes still hold (a stop between recording an end and releasing
+    /// it leaves their runtime state, cgroup and writable layer behind).
+    async fn sweep(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.cfg.sandboxes_dir) else { return };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().and_then(|n| SandboxId::parse(n).ok()) else { continue };
+            let dir = self.dir(&id);
+            if !dir.bundle().exists() && !dir.writable().exists() {
+                continue;
+            }
+            let ended = matches!(self.state.sandboxes.get(&id).await, Ok(Some(r)) if r.state.is_terminal());
+            if ended && !self.live.lock().expect("lock").contains_key(&id) {
+                info!(sandbox = %id, "releasing what an ended sandbox still held");
+                if let Err(e) = self.runtime.destroy(&id).await {
+                    warn!(sandbox = %id, error = %error_chain(&e), "releasing an ended sandbox failed");
+                }
+                let _ = dir.forget();
+            }
+        }
     }
 
     fn live_or_err(&self, rec: &SandboxRecord, want: &[SandboxState]) -> Result<Activity, AgentError> {
