@@ -3,7 +3,9 @@
 #
 #   scripts/setup.sh [--no-build] [TEMPLATE_DIR]
 #
-# 1. Debian packages: runsc (gVisor), busybox-static, iptables, iproute2, ca-certificates, curl.
+# 1. Debian packages: runsc (gVisor), busybox-static, iptables, iproute2, ca-certificates, curl;
+#    for OCI images and their tests: docker-registry, skopeo, umoci, e2fsprogs, debootstrap,
+#    apache2-utils (htpasswd), python3.
 # 2. A newer runsc from Debian trixie, unpacked to /usr/local/lib/tartarus/runsc without adding
 #    trixie to the system's apt sources (best effort: without it Tartarus uses bookworm's runsc,
 #    which has no systrap platform, with ptrace).
@@ -11,6 +13,8 @@
 #    (skipped with --no-build).
 # 4. The busybox template's root filesystem in TEMPLATE_DIR
 #    (default /var/lib/tartarus-templates/busybox).
+# 5. The S3 server the tests use (scripts/s3.sh install: s3s-fs, built once with cargo into
+#    /opt/tartarus/s3s-fs; best effort).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,7 +24,7 @@ for arg in "$@"; do
     case "$arg" in
         --no-build) build=0 ;;
         -h | --help)
-            sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         -*)
@@ -45,7 +49,8 @@ source "$repo/scripts/lib.sh"
 export DEBIAN_FRONTEND=noninteractive
 
 # --- 1. Debian packages ---------------------------------------------------------------
-packages=(runsc busybox-static iptables iproute2 ca-certificates curl)
+packages=(runsc busybox-static iptables iproute2 ca-certificates curl
+    docker-registry skopeo umoci e2fsprogs debootstrap apache2-utils python3)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -119,5 +124,11 @@ else
     mkdir -p "$(dirname "$template_dir")"
     bash "$repo/scripts/busybox-rootfs.sh" "$template_dir"
 fi
+
+# --- 5. the tests' S3 server ---------------------------------------------------------------
+# Fast when installed; the first time it builds s3s-fs (a few minutes). The tests' own
+# `scripts/s3.sh start` would install it too, but once here keeps that out of test timeouts.
+step "s3 server for the tests (scripts/s3.sh install)"
+bash "$repo/scripts/s3.sh" install || warn "could not install the tests' S3 server; S3 tests will fail"
 
 step "setup done"

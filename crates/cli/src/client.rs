@@ -236,6 +236,28 @@ impl Client {
         Ok(list.templates)
     }
 
+    /// `POST /v1/templates/build`: builds a template; its progress streams back as SSE.
+    pub async fn build_template(&self, body: &serde_json::Value) -> anyhow::Result<SseReader> {
+        let rb = self.request(Method::POST, "/v1/templates/build").header("accept", "text/event-stream").json(body);
+        Ok(SseReader::from_response(self.send(rb).await?))
+    }
+
+    /// `GET /v1/templates/{name}`.
+    pub async fn template(&self, name: &str) -> anyhow::Result<TemplateRecord> {
+        self.json(self.request(Method::GET, &format!("/v1/templates/{name}")), "template").await
+    }
+
+    /// `DELETE /v1/templates/{name}`.
+    pub async fn remove_template(&self, name: &str) -> anyhow::Result<TemplateRecord> {
+        self.json(self.request(Method::DELETE, &format!("/v1/templates/{name}")), "template").await
+    }
+
+    /// `POST /v1/templates/prune`: `(blobs removed, bytes freed)`.
+    pub async fn prune_templates(&self) -> anyhow::Result<(u64, u64)> {
+        let v: serde_json::Value = self.json(self.request(Method::POST, "/v1/templates/prune"), "prune result").await?;
+        Ok((v["blobs_removed"].as_u64().unwrap_or(0), v["bytes_freed"].as_u64().unwrap_or(0)))
+    }
+
     /// `POST /v1/templates`: registers the directory `path` (on the realm's machine) as `name`.
     pub async fn import_template(&self, name: &str, path: &Path) -> anyhow::Result<TemplateRecord> {
         let path = path.to_str().context("the template directory's path is not UTF-8")?;

@@ -4,6 +4,7 @@ mod args;
 mod client;
 mod commands;
 mod output;
+mod progress;
 mod raw;
 
 use clap::{Parser, Subcommand};

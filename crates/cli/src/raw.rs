@@ -31,6 +31,7 @@ pub fn write_bundle(dir: &Path, rootfs: &Path, command: &[&str], cgroup: &str) -
         command: Some(command.iter().map(|s| s.to_string()).collect()),
         env: env_list([&BTreeMap::new()]),
         workdir: "/".into(),
+        user: (0, 0),
         resources: Resources::default(),
     };
     // The session keeper is only mounted for sessions; these bundles always have a command.

@@ -133,7 +133,7 @@ pub struct SoulRequest {
     /// Environment variables for the main process and for `exec`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Working directory (absolute). Default `/`.
+    /// Working directory (absolute). Default: the template's, else `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
     /// Resources; each field has a default.
@@ -168,8 +168,8 @@ pub struct SandboxSpec {
     pub command: Option<Vec<String>>,
     /// Environment.
     pub env: BTreeMap<String, String>,
-    /// Working directory.
-    pub workdir: String,
+    /// Working directory; `None` uses the template's (its image's), else `/`.
+    pub workdir: Option<String>,
     /// Resources.
     pub resources: Resources,
     /// Wall-clock limit in milliseconds.
@@ -304,8 +304,10 @@ impl SoulRequest {
             validate_command("command", argv)?;
         }
         validate_env("env", &self.env)?;
-        let workdir = self.workdir.unwrap_or_else(|| "/".into());
-        validate_workdir("workdir", &workdir)?;
+        if let Some(w) = &self.workdir {
+            validate_workdir("workdir", w)?;
+        }
+        let workdir = self.workdir;
         let r = self.resources;
         if !limits::VCPUS.contains(&r.vcpus) {
             return Err(bad("resources.vcpus", format!("{} is outside {:?}", r.vcpus, limits::VCPUS)));
@@ -377,7 +379,7 @@ mod tests {
         assert_eq!(spec.resources, Resources::default());
         assert_eq!(spec.max_duration(), limits::DEFAULT_DURATION);
         assert_eq!(spec.idle_timeout(), None);
-        assert_eq!(spec.workdir, "/");
+        assert_eq!(spec.workdir, None);
         let session = req(r#"{"template":"busybox","max_duration":"90s"}"#).validate("t").unwrap();
         assert!(session.is_session());
         assert_eq!(session.max_duration(), Duration::from_secs(90));

@@ -54,6 +54,42 @@ impl From<TemplateName> for String {
     }
 }
 
+/// What an image's config says a container should run with; the template's defaults, which a
+/// sandbox request overrides.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct ImageDefaults {
+    /// Prefixed to the command (Docker's semantics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// The default command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=VALUE` environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// User (`name`, `uid`, `uid:gid` or `name:group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Where a template built from an image came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageInfo {
+    /// The reference it was built from.
+    pub reference: String,
+    /// The manifest's digest (the image id for `docker save` archives).
+    pub manifest_digest: String,
+    /// Layer digests, bottom first (blobs in the store this template uses).
+    pub layers: Vec<String>,
+    /// The config blob's digest.
+    pub config_digest: String,
+    /// The image's defaults.
+    pub defaults: ImageDefaults,
+}
+
 /// A registered template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TemplateRecord {
@@ -69,6 +105,13 @@ pub struct TemplateRecord {
     pub size_bytes: u64,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
+    /// The image it was built from (absent for imported directories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageInfo>,
+    /// The ext4 image of the root filesystem, for microVM runtimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub ext4: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tartarus_core::{
-    ExecRequest, ExitInfo, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SandboxState, SandboxStats,
-    Stream,
+    ExecRequest, ExitInfo, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SandboxSpec, SandboxState,
+    SandboxStats, Stream, TemplateRecord,
 };
 use tartarus_store::{Events, SandboxFilter, State, StoreError};
 use tokio::io::AsyncReadExt;
@@ -28,6 +28,7 @@ use crate::lethe::SandboxDir;
 use crate::rootfs;
 use crate::runtime::{env_list, ExecSpec, LaunchSpec, Runtime, RuntimeError, RuntimeStatus};
 use crate::shim::{is_shim_of, ShimExit, ShimHandle};
+use std::collections::BTreeMap;
 
 /// After an exec's process has exited, how long its output may still drain (background children
 /// can keep the pipes open forever).
@@ -95,6 +96,41 @@ pub struct AdoptReport {
 struct Live {
     kill: mpsc::UnboundedSender<KillReason>,
     activity: Activity,
+    settings: Arc<Settings>,
+}
+
+/// What a sandbox's processes run with: the request over its template's image defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    env: BTreeMap<String, String>,
+    workdir: String,
+    user: (u32, u32),
+}
+
+impl Settings {
+    /// Resolves the settings of `spec` on `template` (an unknown image user is an error).
+    pub fn of(spec: &SandboxSpec, template: &TemplateRecord) -> Result<Self, String> {
+        let defaults = template.image.as_ref().map(|i| &i.defaults);
+        let mut env: BTreeMap<String, String> = defaults
+            .map(|d| {
+                d.env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+            })
+            .unwrap_or_default();
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let workdir =
+            spec.workdir.clone().or_else(|| defaults.and_then(|d| d.working_dir.clone())).unwrap_or_else(|| "/".into());
+        let user = match defaults.and_then(|d| d.user.as_deref()) {
+            None => (0, 0),
+            Some(u) => rootfs::lookup_user(&template.rootfs, u)
+                .ok_or_else(|| format!("the image's user {u:?} is not in template {}'s /etc/passwd", template.name))?,
+        };
+        Ok(Self { env, workdir, user })
+    }
+
+    /// `KEY=VALUE` environment with `extra` on top.
+    pub fn env(&self, extra: &BTreeMap<String, String>) -> Vec<String> {
+        env_list([&self.env, extra])
+    }
 }
 
 /// When a sandbox was last used, and how many `exec`s run in it now (idle only when none).
@@ -226,10 +262,22 @@ impl Hecatoncheir {
             self.fail(id, format!("template {} does not exist (see `tartarus template ls`)", spec.template)).await?;
             return Ok(());
         };
-        let env = env_list([&spec.env]);
-        if let Some(argv) = &spec.command {
+        let settings = match Settings::of(spec, &template) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(id, e).await?;
+                return Ok(());
+            }
+        };
+        // The image's entrypoint comes before the request's command (Docker's semantics).
+        let command = spec.command.as_ref().map(|c| {
+            let entry = template.image.as_ref().and_then(|i| i.defaults.entrypoint.clone()).unwrap_or_default();
+            entry.into_iter().chain(c.iter().cloned()).collect::<Vec<_>>()
+        });
+        let env = settings.env(&BTreeMap::new());
+        if let Some(argv) = &command {
             let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
-            if rootfs::find_program(&template.rootfs, &argv[0], path_var, &spec.workdir).is_none() {
+            if rootfs::find_program(&template.rootfs, &argv[0], path_var, &settings.workdir).is_none() {
                 self.fail(
                     id,
                     format!("command not found: {:?} is not an executable in template {}", argv[0], spec.template),
@@ -241,9 +289,10 @@ impl Hecatoncheir {
         let launch = LaunchSpec {
             id: id.clone(),
             rootfs: template.rootfs.clone(),
-            command: spec.command.clone(),
+            command,
             env,
-            workdir: spec.workdir.clone(),
+            workdir: settings.workdir.clone(),
+            user: settings.user,
             resources: spec.resources,
         };
         let dir = self.dir(id);
@@ -267,7 +316,8 @@ impl Hecatoncheir {
         }
         let (kill_tx, kill_rx) = mpsc::unbounded_channel();
         let activity = Activity::new();
-        self.live.lock().expect("lock").insert(id.clone(), Live { kill: kill_tx, activity: activity.clone() });
+        let live = Live { kill: kill_tx, activity: activity.clone(), settings: Arc::new(settings) };
+        self.live.lock().expect("lock").insert(id.clone(), live);
         let node = self.cfg.node_name.clone();
         let rec = self
             .record(id, move |r| {
@@ -432,10 +482,12 @@ impl Hecatoncheir {
                 Some(pid) if is_shim_of(pid, &dir) => {
                     let (kill_tx, kill_rx) = mpsc::unbounded_channel();
                     let activity = Activity::new();
-                    self.live
-                        .lock()
-                        .expect("lock")
-                        .insert(id.clone(), Live { kill: kill_tx, activity: activity.clone() });
+                    let template = self.state.templates.template(&rec.spec.template).await?;
+                    let settings = template
+                        .and_then(|t| Settings::of(&rec.spec, &t).ok())
+                        .unwrap_or_else(|| Settings { env: rec.spec.env.clone(), workdir: "/".into(), user: (0, 0) });
+                    let live = Live { kill: kill_tx, activity: activity.clone(), settings: Arc::new(settings) };
+                    self.live.lock().expect("lock").insert(id.clone(), live);
                     info!(sandbox = %id, pid, "re-adopted running sandbox");
                     let rec = if rec.state == SandboxState::Starting {
                         // Started just before the restart, not yet recorded as running.
@@ -510,10 +562,10 @@ impl Hecatoncheir {
         }
     }
 
-    fn live_or_err(&self, rec: &SandboxRecord, want: &[SandboxState]) -> Result<Activity, AgentError> {
+    fn live_or_err(&self, rec: &SandboxRecord, want: &[SandboxState]) -> Result<(Activity, Arc<Settings>), AgentError> {
         let live = self.live.lock().expect("lock");
         match live.get(&rec.id) {
-            Some(l) if want.contains(&rec.state) => Ok(l.activity.clone()),
+            Some(l) if want.contains(&rec.state) => Ok((l.activity.clone(), l.settings.clone())),
             _ => Err(AgentError::NotRunning { id: rec.id.clone(), state: rec.state.as_str() }),
         }
     }
@@ -557,11 +609,13 @@ impl Hecatoncheir {
     #[instrument(skip(self, req), fields(sandbox = %id))]
     pub async fn exec(self: &Arc<Self>, id: &SandboxId, req: ExecRequest) -> Result<ExecStream, AgentError> {
         let rec = self.get(id).await?;
-        let guard = ExecGuard::new(self.live_or_err(&rec, &[SandboxState::Running])?);
+        let (activity, settings) = self.live_or_err(&rec, &[SandboxState::Running])?;
+        let guard = ExecGuard::new(activity);
         let n = self.exec_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let spec = ExecSpec {
-            env: env_list([&rec.spec.env, &req.env]),
-            workdir: req.workdir.clone().unwrap_or_else(|| rec.spec.workdir.clone()),
+            env: settings.env(&req.env),
+            workdir: req.workdir.clone().unwrap_or_else(|| settings.workdir.clone()),
+            user: settings.user,
             command: req.command.clone(),
             scratch: self.dir(id).root().join(format!("exec-{n}")),
         };

@@ -67,6 +67,37 @@ pub fn find_program(root: &Path, argv0: &str, path_var: &str, workdir: &str) -> 
         .find(|p| executable(p))
 }
 
+/// Resolves an image's `User` (`name`, `uid`, `uid:gid`, `name:group`) to numeric ids, reading
+/// the template's own `/etc/passwd` and `/etc/group`. `None` when a name is unknown.
+pub fn lookup_user(root: &Path, user: &str) -> Option<(u32, u32)> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let table = |file: &str| -> Vec<Vec<String>> {
+        resolve(root, file)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|t| t.lines().map(|l| l.split(':').map(str::to_owned).collect()).collect())
+            .unwrap_or_default()
+    };
+    let passwd = table("/etc/passwd");
+    let (uid, primary_gid) = match u.parse::<u32>() {
+        Ok(uid) => (uid, passwd.iter().find(|f| f.get(2).is_some_and(|x| x == u)).and_then(|f| f.get(3)?.parse().ok())),
+        Err(_) => {
+            let entry = passwd.iter().find(|f| f.first().is_some_and(|n| n == u))?;
+            (entry.get(2)?.parse().ok()?, entry.get(3).and_then(|g| g.parse().ok()))
+        }
+    };
+    let gid = match g {
+        None => primary_gid.unwrap_or(0),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => table("/etc/group").iter().find(|f| f.first().is_some_and(|n| n == g))?.get(2)?.parse().ok()?,
+        },
+    };
+    Some((uid, gid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +121,20 @@ mod tests {
         assert_eq!(find_program(root, "sh", "/usr/bin:/bin", "/").as_deref(), Some("/bin/sh"));
         assert_eq!(find_program(root, "/bin/abs", "", "/").as_deref(), Some("/bin/abs"));
         assert_eq!(find_program(root, "nope", "/usr/bin:/bin", "/"), None);
+    }
+
+    #[test]
+    fn users_by_name_or_number() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/app:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        assert_eq!(lookup_user(root, "app"), Some((1000, 1001)));
+        assert_eq!(lookup_user(root, "1000"), Some((1000, 1001)));
+        assert_eq!(lookup_user(root, "app:staff"), Some((1000, 50)));
+        assert_eq!(lookup_user(root, "4242:7"), Some((4242, 7)));
+        assert_eq!(lookup_user(root, "4242"), Some((4242, 0)));
+        assert_eq!(lookup_user(root, "ghost"), None);
     }
 }

@@ -58,6 +58,7 @@ async fn exec_output(rt: &Gvisor, id: &SandboxId, scratch: &Path, cmd: &[&str]) 
         command: cmd.iter().map(|s| s.to_string()).collect(),
         env: vec!["PATH=/bin".into(), "COMMA=a,b=c".into()],
         workdir: "/".into(),
+        user: (0, 0),
         scratch: scratch.join("exec"),
     };
     let out = rt.exec(id, &spec).await.unwrap().wait_with_output().await.unwrap();
@@ -105,6 +106,7 @@ async fn session_lifecycle_exec_pause_resume_checkpoint_destroy() {
         command: None,
         env: vec!["PATH=/bin".into()],
         workdir: "/".into(),
+        user: (0, 0),
         resources: Resources::default(),
     };
     let main = rt.create(&spec, &dir).await.unwrap();
@@ -155,6 +157,7 @@ async fn main_command_exit_code_and_limits_in_the_bundle() {
         command: Some(vec!["sh".into(), "-c".into(), "echo out; exit 7".into()]),
         env: vec!["PATH=/bin".into()],
         workdir: "/".into(),
+        user: (0, 0),
         resources: Resources { vcpus: 1, memory_mib: 64, disk_mib: 16 },
     };
     let main = rt.create(&spec, &dir).await.unwrap();

@@ -51,6 +51,15 @@ pub enum ApiError {
     /// The template does not exist.
     #[error("{0}")]
     UnknownTemplate(String),
+    /// No such template.
+    #[error("{0}")]
+    TemplateNotFound(String),
+    /// The image is malformed, hostile or corrupt.
+    #[error("{0}")]
+    ImageRejected(String),
+    /// A registry (or other upstream) failed.
+    #[error("{0}")]
+    Upstream(String),
     /// A quota refused the request.
     #[error("{0}")]
     QuotaExceeded(String),
@@ -75,7 +84,36 @@ impl ApiError {
             Self::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             Self::UnknownTemplate(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_template"),
             Self::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+            Self::TemplateNotFound(_) => (StatusCode::NOT_FOUND, "template_not_found"),
+            Self::ImageRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image_rejected"),
+            Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "registry_error"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl ApiError {
+    /// An error of the same kind as `other` with the same message (errors are not `Clone`,
+    /// since their sources are not).
+    pub fn same_kind(self, other: &ApiError) -> ApiError {
+        let m = other.to_string();
+        match other {
+            Self::MalformedJson(_) => Self::MalformedJson(m),
+            Self::Unauthorized(_) => Self::Unauthorized(m),
+            Self::PolicyDenied(_) => Self::PolicyDenied(m),
+            Self::SandboxNotFound(_) => Self::SandboxNotFound(m),
+            Self::NotFound(_) => Self::NotFound(m),
+            Self::MethodNotAllowed(_) => Self::MethodNotAllowed(m),
+            Self::PayloadTooLarge(_) => Self::PayloadTooLarge(m),
+            Self::NotRunning(_) => Self::NotRunning(m),
+            Self::Conflict(_) => Self::Conflict(m),
+            Self::InvalidRequest(_) => Self::InvalidRequest(m),
+            Self::UnknownTemplate(_) => Self::UnknownTemplate(m),
+            Self::TemplateNotFound(_) => Self::TemplateNotFound(m),
+            Self::ImageRejected(_) => Self::ImageRejected(m),
+            Self::Upstream(_) => Self::Upstream(m),
+            Self::QuotaExceeded(_) => Self::QuotaExceeded(m),
+            Self::Internal(_) => Self::Internal(m),
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct OlympusConfig {
     pub max_live_per_tenant: usize,
     /// The policy.
     pub policy: Policy,
+    /// Where image blobs and template artifacts are stored.
+    pub blobs: tartarus_erebus::blobs::BlobStore,
 }
 
 /// The control plane.
@@ -74,6 +76,8 @@ impl Olympus {
             templates_dir,
             admission: Default::default(),
             imports: Default::default(),
+            blobs: cfg.blobs.clone(),
+            recipes_dir: cfg.data_dir.join("erebus").join("recipes"),
         };
         Ok(Self { ctx, cerberus: Cerberus::with_admin_key(cfg.admin_token) })
     }

@@ -212,6 +212,21 @@ impl TemplateStore for EmbeddedStore {
     async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
         self.blocking(|db| Self::all(db, TEMPLATES)).await
     }
+
+    async fn remove_template(&self, name: &TemplateName) -> Result<bool, StoreError> {
+        let key = name.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(|e| db_err("remove template")(e.into()))?;
+            let removed = {
+                let mut t = tx.open_table(TEMPLATES).map_err(|e| db_err("remove template")(e.into()))?;
+                let removed = t.remove(key.as_str()).map_err(|e| db_err("remove template")(e.into()))?.is_some();
+                removed
+            };
+            tx.commit().map_err(|e| db_err("remove template")(e.into()))?;
+            Ok(removed)
+        })
+        .await
+    }
 }
 
 #[async_trait]

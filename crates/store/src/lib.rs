@@ -95,6 +95,8 @@ pub trait TemplateStore: Send + Sync {
     async fn template(&self, name: &TemplateName) -> Result<Option<TemplateRecord>, StoreError>;
     /// All templates, by name.
     async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError>;
+    /// Removes a template's record; `false` when there was none.
+    async fn remove_template(&self, name: &TemplateName) -> Result<bool, StoreError>;
 }
 
 /// One entry taken from Acheron, to be acknowledged once handled.

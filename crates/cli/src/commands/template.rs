@@ -1,4 +1,5 @@
-//! `tartarus template`: registers directories as templates and lists them.
+//! `tartarus template`: builds templates from OCI images, imports directories, lists, inspects
+//! and removes them, and frees blobs no template uses.
 
 use anyhow::Context;
 use chrono::Utc;
@@ -12,10 +13,22 @@ use crate::output::{self, Format};
 /// Subcommands.
 #[derive(clap::Subcommand, Debug)]
 #[command(after_help = "Examples:
-  scripts/busybox-rootfs.sh /var/lib/tartarus-templates/busybox
+  tartarus template build python --image localhost:5000/python:3 --insecure
+  tartarus template build mine --image oci:./image-layout:latest
+  tartarus template build python-ds                 # the built-in recipe
   tartarus template import /var/lib/tartarus-templates/busybox --name busybox
-  tartarus template ls")]
+  tartarus template ls
+  tartarus template inspect python
+  tartarus template rm python && tartarus template prune")]
 pub enum Command {
+    /// Build a template from an OCI image (registry, oci: layout, docker-archive:) or a recipe.
+    Build(BuildArgs),
+    /// Show a template's record: source, digests, image defaults, ext4 image.
+    Inspect(NameArgs),
+    /// Remove a template (its image blobs stay until `prune`).
+    Rm(NameArgs),
+    /// Free the stored image blobs that no template uses.
+    Prune,
     /// Register a directory (on the realm's machine) as a template; the realm copies it.
     Import(ImportArgs),
     /// List templates.
@@ -33,6 +46,62 @@ pub struct ImportArgs {
     /// The template's name (a-z 0-9 . _ -), as given to `run --template`.
     #[arg(long, value_name = "NAME", value_parser = template_name)]
     pub name: TemplateName,
+}
+
+/// Arguments of `template build`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  tartarus template build python --image localhost:5000/python:3 --insecure
+  TARTARUS_REGISTRY_USERNAME=me TARTARUS_REGISTRY_PASSWORD=secret \\
+    tartarus template build app --image registry.example.com/team/app:1.2
+  tartarus template build mine --image oci:/srv/layouts/mine:latest
+  tartarus template build saved --image docker-archive:/srv/saved.tar
+  tartarus template build python-ds     # built-in recipe: Debian python3 + numpy + pandas
+
+Image references:
+  HOST[:PORT]/REPO[:TAG][@DIGEST]   an OCI distribution registry (HTTPS; --insecure for HTTP)
+  oci:DIR[:TAG]                     an OCI image layout directory on the realm's machine
+  docker-archive:FILE               a `docker save` archive on the realm's machine
+
+Every blob is verified against its digest; layers are unpacked without ever writing outside
+the template. The image's Entrypoint, Cmd, Env, WorkingDir and User become the template's
+defaults; a sandbox request overrides them.")]
+pub struct BuildArgs {
+    /// The template's name (or a recipe's name, without --image).
+    #[arg(value_name = "NAME", value_parser = template_name)]
+    pub name: TemplateName,
+    /// The image to build from.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// Allow plain HTTP to the registry (never for registries you do not run).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Registry user name.
+    #[arg(long, env = "TARTARUS_REGISTRY_USERNAME")]
+    pub username: Option<String>,
+    /// Registry password (prefer the environment variable).
+    #[arg(long, env = "TARTARUS_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Registry bearer token.
+    #[arg(long, env = "TARTARUS_REGISTRY_TOKEN", hide_env_values = true, conflicts_with_all = ["username", "password"])]
+    pub registry_token: Option<String>,
+    /// Skip the ext4 image (only gVisor can then run the template).
+    #[arg(long)]
+    pub no_ext4: bool,
+    /// Largest unpacked image, e.g. 8GiB.
+    #[arg(long, value_name = "BYTES")]
+    pub max_image_size: Option<u64>,
+    /// Most files in the unpacked image.
+    #[arg(long, value_name = "N")]
+    pub max_image_entries: Option<u64>,
+}
+
+/// A template's name.
+#[derive(clap::Args, Debug)]
+pub struct NameArgs {
+    /// The template.
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 /// Arguments of `template ls`.
@@ -53,6 +122,21 @@ fn template_name(s: &str) -> Result<TemplateName, String> {
 /// Runs the verb.
 pub async fn execute(c: Command, g: &Global) -> anyhow::Result<i32> {
     match c {
+        Command::Build(a) => build(a, g).await,
+        Command::Inspect(a) => {
+            output::print_json(&Client::new(g)?.template(&a.name).await?)?;
+            Ok(0)
+        }
+        Command::Rm(a) => {
+            let t = Client::new(g)?.remove_template(&a.name).await?;
+            println!("removed template {} (run `tartarus template prune` to free its blobs)", t.name);
+            Ok(0)
+        }
+        Command::Prune => {
+            let (blobs, bytes) = Client::new(g)?.prune_templates().await?;
+            println!("removed {blobs} unused blobs, freed {}", output::bytes(bytes));
+            Ok(0)
+        }
         Command::Import(a) => import(a, g).await,
         Command::Ls(a) => ls(a, g).await,
     }
@@ -71,6 +155,70 @@ async fn import(a: ImportArgs, g: &Global) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+async fn build(a: BuildArgs, g: &Global) -> anyhow::Result<i32> {
+    let credentials = match (&a.username, &a.password, &a.registry_token) {
+        (_, _, Some(t)) => serde_json::json!({"kind": "bearer", "token": t}),
+        (Some(u), Some(p), None) => serde_json::json!({"kind": "basic", "username": u, "password": p}),
+        (Some(_), None, None) => anyhow::bail!("--username needs a password (TARTARUS_REGISTRY_PASSWORD)"),
+        _ => serde_json::json!({"kind": "anonymous"}),
+    };
+    let mut body = serde_json::json!({
+        "name": a.name.as_str(),
+        "insecure": a.insecure,
+        "credentials": credentials,
+        "ext4": !a.no_ext4,
+        "max_image_bytes": a.max_image_size,
+        "max_image_entries": a.max_image_entries,
+    });
+    match &a.image {
+        Some(image) => body["image"] = serde_json::Value::String(absolute_local(image)?),
+        None => body["recipe"] = serde_json::Value::String(a.name.to_string()),
+    }
+    let client = Client::new(g)?;
+    let mut events = client.build_template(&body).await.with_context(|| format!("cannot build template {}", a.name))?;
+    let mut progress = crate::progress::BuildProgress::new();
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        match ev.event.as_str() {
+            "progress" => progress.show(&serde_json::from_str(&ev.data).unwrap_or_default()),
+            "template" => {
+                progress.finish();
+                let t: TemplateRecord =
+                    serde_json::from_str(&ev.data).context("the realm sent an unreadable template")?;
+                let digest = t.image.as_ref().map_or("", |i| i.manifest_digest.as_str());
+                println!("built template {} ({}, {digest})", t.name, output::bytes(t.size_bytes));
+                return Ok(0);
+            }
+            "error" => {
+                progress.finish();
+                let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap_or_default();
+                anyhow::bail!(
+                    "cannot build template {}: {}: {}",
+                    a.name,
+                    v["code"].as_str().unwrap_or("error"),
+                    v["message"].as_str().unwrap_or(&ev.data)
+                );
+            }
+            _ => {}
+        }
+    }
+    progress.finish();
+    anyhow::bail!("the build of template {} stopped without an outcome; see `tartarus template ls`", a.name)
+}
+
+/// `oci:` and `docker-archive:` paths made absolute, since the realm resolves them, not us.
+fn absolute_local(image: &str) -> anyhow::Result<String> {
+    for prefix in ["oci:", "docker-archive:"] {
+        if let Some(rest) = image.strip_prefix(prefix) {
+            if !rest.starts_with('/') {
+                let cwd = std::env::current_dir().context("cannot read the current directory")?;
+                return Ok(format!("{prefix}{}", cwd.join(rest).display()));
+            }
+        }
+    }
+    Ok(image.to_owned())
+}
+
 async fn ls(a: LsArgs, g: &Global) -> anyhow::Result<i32> {
     let templates = Client::new(g)?.templates().await?;
     match a.output {
@@ -84,10 +232,20 @@ fn render(templates: &[TemplateRecord], now: chrono::DateTime<Utc>) -> String {
     let rows: Vec<Vec<String>> = templates
         .iter()
         .map(|t| {
-            vec![t.name.to_string(), output::bytes(t.size_bytes), output::ago(t.created_at, now), t.source.clone()]
+            let digest = t
+                .image
+                .as_ref()
+                .map_or("-".to_owned(), |i| i.manifest_digest.trim_start_matches("sha256:").chars().take(12).collect());
+            vec![
+                t.name.to_string(),
+                output::bytes(t.size_bytes),
+                digest,
+                output::ago(t.created_at, now),
+                t.source.clone(),
+            ]
         })
         .collect();
-    output::table(&["NAME", "SIZE", "CREATED", "SOURCE"], &rows)
+    output::table(&["NAME", "SIZE", "DIGEST", "CREATED", "SOURCE"], &rows)
 }
 
 #[cfg(test)]
@@ -102,6 +260,9 @@ mod tests {
             "source": "/srv/busybox", "size_bytes": 1982256, "created_at": "2025-01-01T00:00:00Z"
         }))
         .unwrap();
-        assert_eq!(render(&[t], now), "NAME     SIZE     CREATED  SOURCE\nbusybox  1.9 MiB  1h ago   /srv/busybox\n");
+        assert_eq!(
+            render(&[t], now),
+            "NAME     SIZE     DIGEST  CREATED  SOURCE\nbusybox  1.9 MiB  -       1h ago   /srv/busybox\n"
+        );
     }
 }

@@ -41,6 +41,11 @@ pub struct Args {
     /// Most live sandboxes per tenant (Minos's quota).
     #[arg(long, default_value_t = 256)]
     pub max_live: usize,
+    /// Where image blobs and template artifacts go: a directory (default <data-dir>/erebus/store)
+    /// or s3://bucket/prefix (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION; AWS_ALLOW_HTTP=true for plain HTTP).
+    #[arg(long)]
+    pub store: Option<String>,
     /// Largest memory one sandbox may ask for, MiB (Rhadamanthus's policy; default: the host's memory).
     #[arg(long)]
     pub max_memory: Option<u64>,
@@ -145,11 +150,20 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             report.lost.len()
         );
     }
+    let blobs = match args.store.as_deref() {
+        Some(url) if url.starts_with("s3://") => {
+            tartarus_erebus::blobs::BlobStore::s3(url, &data.join("erebus").join("cache"))
+        }
+        Some(dir) => tartarus_erebus::blobs::BlobStore::local(std::path::Path::new(dir)),
+        None => tartarus_erebus::blobs::BlobStore::local(&data.join("erebus").join("store")),
+    }
+    .context("opening the blob store")?;
     let olympus = Olympus::start(
         OlympusConfig {
             admin_token: token,
             data_dir: data.clone(),
             max_live_per_tenant: args.max_live,
+            blobs,
             policy: Policy {
                 max_memory_mib: args.max_memory.unwrap_or(memory_mib),
                 max_vcpus: vcpus.max(1) * 4,

@@ -29,6 +29,8 @@ pub struct LaunchSpec {
     pub env: Vec<String>,
     /// Working directory inside the sandbox.
     pub workdir: String,
+    /// User and group ids of the processes.
+    pub user: (u32, u32),
     /// Limits.
     pub resources: Resources,
 }
@@ -49,6 +51,8 @@ pub struct ExecSpec {
     pub env: Vec<String>,
     /// Working directory.
     pub workdir: String,
+    /// User and group ids.
+    pub user: (u32, u32),
     /// A path prefix the runtime may use for this exec's own files (removed by the agent).
     pub scratch: PathBuf,
 }

@@ -37,8 +37,12 @@ pub struct Ctx {
     pub templates_dir: PathBuf,
     /// Held from judgment to queueing, so Minos counts what the previous admission added.
     pub admission: Arc<tokio::sync::Mutex<()>>,
-    /// Held while a template is imported, so two imports of one name cannot interleave.
+    /// Held while a template is imported or built, so two of one name cannot interleave.
     pub imports: Arc<tokio::sync::Mutex<()>>,
+    /// Erebus's blob store.
+    pub blobs: tartarus_erebus::blobs::BlobStore,
+    /// Where recipes keep their work between builds.
+    pub recipes_dir: PathBuf,
 }
 
 /// A JSON body (whatever the `Content-Type` says); anything unparsable is a `malformed_json`
@@ -108,14 +112,16 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
     info(title = "Tartarus", description = "Run untrusted code in isolated sandboxes. Errors are `{code, message}`; see docs/api.md."),
     paths(
         sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::kill, sandboxes::exec, sandboxes::logs,
-        sandboxes::pause, sandboxes::resume, templates::list, templates::import, realm::nodes, realm::healthz, realm::metrics
+        sandboxes::pause, sandboxes::resume, templates::list, templates::import, templates::build, templates::inspect,
+        templates::remove, templates::prune, realm::nodes, realm::healthz, realm::metrics
     ),
     components(schemas(
         tartarus_core::SoulRequest, tartarus_core::SandboxRecord, tartarus_core::SandboxSpec, tartarus_core::Verdict,
         tartarus_core::Ruling, tartarus_core::SandboxState, tartarus_core::KillReason, tartarus_core::SandboxStats,
         tartarus_core::Resources, tartarus_core::NetworkContract, tartarus_core::HeatLevel, tartarus_core::ExecRequest,
         tartarus_core::ExitInfo, tartarus_core::TemplateRecord, tartarus_core::NodeInfo, crate::error::ErrorBody,
-        sandboxes::SandboxList, sandboxes::ExecResult, templates::TemplateList, templates::ImportRequest, realm::NodeList
+        sandboxes::SandboxList, sandboxes::ExecResult, templates::TemplateList, templates::ImportRequest, templates::BuildRequest, templates::PruneResult,
+        tartarus_core::ImageInfo, tartarus_core::ImageDefaults, realm::NodeList
     )),
     modifiers(&BearerAuth)
 )]
@@ -146,6 +152,9 @@ pub fn router(ctx: Ctx, cerberus: Cerberus) -> Router {
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/templates", get(templates::list).post(templates::import))
+        .route("/templates/build", post(templates::build))
+        .route("/templates/prune", post(templates::prune))
+        .route("/templates/{name}", get(templates::inspect).delete(templates::remove))
         .route("/nodes", get(realm::nodes))
         .route_layer(axum::middleware::from_fn_with_state(cerberus, cerberus::guard));
     Router::new()

@@ -69,6 +69,8 @@ pub async fn import(
         source: src.display().to_string(),
         size_bytes: size,
         created_at: Utc::now(),
+        image: None,
+        ext4: None,
     };
     ctx.state.templates.put_template(&rec).await?;
     tracing::info!(template = %rec.name, bytes = size, "template imported");
@@ -118,4 +120,315 @@ fn tree_size(p: &Path) -> u64 {
         return meta.len();
     }
     std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum()).unwrap_or(0)
+}
+
+/// Build a template from an OCI image (or a built-in recipe).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRequest {
+    /// The template's name.
+    pub name: String,
+    /// `host/repo:tag` in a registry, `oci:DIR[:TAG]`, or `docker-archive:FILE` (paths on the realm's host).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A built-in recipe instead of an image (`python-ds`).
+    #[serde(default)]
+    pub recipe: Option<String>,
+    /// Allow plain HTTP to the registry.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Registry credentials: `{"kind":"basic","username":…,"password":…}` or `{"kind":"bearer","token":…}`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub credentials: tartarus_erebus::source::Credentials,
+    /// Also make the ext4 image for microVM runtimes (default true).
+    #[serde(default = "yes")]
+    pub ext4: bool,
+    /// Largest unpacked image, bytes (default 8 GiB).
+    #[serde(default)]
+    pub max_image_bytes: Option<u64>,
+    /// Most entries in the unpacked image (default 1,000,000).
+    #[serde(default)]
+    pub max_image_entries: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Query of `build`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct BuildQuery {
+    /// `false`: answer once built, with the template (201), instead of streaming progress.
+    #[serde(default = "yes")]
+    pub stream: bool,
+}
+
+/// How a build failure is reported.
+fn build_error(e: tartarus_erebus::build::BuildError) -> ApiError {
+    use tartarus_erebus::blobs::BlobError;
+    use tartarus_erebus::build::BuildError as B;
+    use tartarus_erebus::source::PullError as P;
+    let message = tartarus_hecatoncheir::agent::error_chain(&e);
+    match e {
+        B::Pull(P::BadReference(_)) => ApiError::InvalidRequest(message),
+        B::Pull(P::Registry { .. }) => ApiError::Upstream(message),
+        B::Pull(P::Io { .. }) => ApiError::InvalidRequest(message),
+        B::Pull(P::Invalid { .. }) | B::Unpack(_) | B::Config(_) => ApiError::ImageRejected(message),
+        B::Blob(BlobError::DigestMismatch { .. } | BlobError::TooLarge { .. }) => ApiError::ImageRejected(message),
+        _ => ApiError::Internal(message),
+    }
+}
+
+/// Build a template from an image or recipe; progress streams as Server-Sent Events
+/// (`progress` events, then `template` with the record, or `error` with `{code, message}`).
+#[utoipa::path(post, path = "/v1/templates/build", request_body = BuildRequest, params(BuildQuery),
+    responses(
+        (status = 200, description = "text/event-stream of progress, then the template or an error"),
+        (status = 201, description = "With stream=false: built", body = TemplateRecord),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn build(
+    State(ctx): State<Ctx>,
+    super::Q(q): super::Q<BuildQuery>,
+    Body(req): Body<BuildRequest>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let name = TemplateName::parse(&req.name).map_err(|e| ApiError::InvalidRequest(format!("name: {e}")))?;
+    let image = match (&req.image, &req.recipe) {
+        (Some(i), None) => Some(
+            tartarus_erebus::source::ImageRef::parse(i).map_err(|e| ApiError::InvalidRequest(format!("image: {e}")))?,
+        ),
+        (None, Some(r)) if tartarus_erebus::recipes::RECIPES.iter().any(|(n, _)| n == r) => None,
+        (None, Some(r)) => {
+            let known: Vec<&str> = tartarus_erebus::recipes::RECIPES.iter().map(|(n, _)| *n).collect();
+            return Err(ApiError::InvalidRequest(format!(
+                "recipe: unknown recipe {r:?} (known: {})",
+                known.join(", ")
+            )));
+        }
+        _ => return Err(ApiError::InvalidRequest("give exactly one of image and recipe".into())),
+    };
+    let guard = ctx.imports.clone().lock_owned().await;
+    if ctx.state.templates.template(&name).await?.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "template {name} exists already; remove it first (tartarus template rm {name})"
+        )));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<BuildMessage>(256);
+    let task = tokio::spawn(run_build(ctx.clone(), name, image, req, tx, guard));
+    if q.stream {
+        return Ok(build_sse(rx).into_response());
+    }
+    drop(rx);
+    let rec = task.await.map_err(|e| ApiError::Internal(format!("build task: {e}")))??;
+    Ok((StatusCode::CREATED, Json(rec)).into_response())
+}
+
+/// What a build tells its client.
+enum BuildMessage {
+    Progress(serde_json::Value),
+    Done(Box<TemplateRecord>),
+    Failed(ApiError),
+}
+
+fn build_sse(
+    rx: tokio::sync::mpsc::Receiver<BuildMessage>,
+) -> axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>
+{
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await? {
+            BuildMessage::Progress(v) => Event::default().event("progress").data(v.to_string()),
+            BuildMessage::Done(rec) => {
+                Event::default().event("template").data(serde_json::to_string(&rec).expect("record"))
+            }
+            BuildMessage::Failed(e) => {
+                let (_, code) = e.status_and_code();
+                Event::default()
+                    .event("error")
+                    .data(serde_json::json!({"code": code, "message": e.to_string()}).to_string())
+            }
+        };
+        Some((Ok(event), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Runs one build to its end (whether or not anyone still listens) and registers the template.
+async fn run_build(
+    ctx: Ctx,
+    name: TemplateName,
+    image: Option<tartarus_erebus::source::ImageRef>,
+    req: BuildRequest,
+    tx: tokio::sync::mpsc::Sender<BuildMessage>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+) -> Result<TemplateRecord, ApiError> {
+    let progress = |v: serde_json::Value| {
+        let _ = tx.try_send(BuildMessage::Progress(v));
+    };
+    let result = async {
+        let image = match (image, req.recipe.as_deref()) {
+            (Some(i), _) => i,
+            (None, Some(recipe)) => run_recipe(&ctx, recipe, &progress).await?,
+            (None, None) => unreachable!("checked by the handler"),
+        };
+        let dest = ctx.templates_dir.join(name.as_str());
+        if dest.exists() {
+            // Left by a build or import that died half-way (never registered): start afresh.
+            tokio::fs::remove_dir_all(&dest)
+                .await
+                .map_err(|e| ApiError::Internal(format!("clearing {}: {e}", dest.display())))?;
+        }
+        let mut limits = tartarus_erebus::unpack::Limits::default();
+        if let Some(b) = req.max_image_bytes {
+            limits.max_total_bytes = b;
+        }
+        if let Some(n) = req.max_image_entries {
+            limits.max_entries = n;
+        }
+        let opts = tartarus_erebus::build::BuildOptions {
+            creds: req.credentials.clone(),
+            insecure: req.insecure,
+            limits,
+            ext4: req
+                .ext4
+                .then(|| tartarus_erebus::ext4::Ext4Options { label: Some(name.to_string()), ..Default::default() }),
+        };
+        let sink = |ev: tartarus_erebus::build::BuildEvent| progress(serde_json::to_value(ev).expect("event"));
+        let built =
+            tartarus_erebus::build::build(&ctx.blobs, &image, &dest, &opts, &sink).await.map_err(build_error)?;
+        if let Some(ext4) = &built.ext4 {
+            let artifact =
+                format!("templates/{name}/{}.ext4", built.image.manifest_digest.trim_start_matches("sha256:"));
+            ctx.blobs.put_artifact(ext4, &artifact).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+        let rec = TemplateRecord {
+            name: name.clone(),
+            rootfs: built.rootfs,
+            source: built.image.reference.clone(),
+            size_bytes: built.size_bytes,
+            created_at: Utc::now(),
+            image: Some(built.image),
+            ext4: built.ext4,
+        };
+        ctx.state.templates.put_template(&rec).await?;
+        tracing::info!(template = %rec.name, source = %rec.source, bytes = rec.size_bytes, "template built");
+        Ok(rec)
+    }
+    .await;
+    let _ = match &result {
+        Ok(rec) => tx.send(BuildMessage::Done(Box::new(rec.clone()))).await,
+        Err(e) => tx.send(BuildMessage::Failed(ApiError::Internal(String::new()).same_kind(e))).await,
+    };
+    result
+}
+
+/// Runs a recipe into an OCI layout under the recipes directory and names the image in it.
+async fn run_recipe(
+    ctx: &Ctx,
+    recipe: &str,
+    progress: &(dyn Fn(serde_json::Value) + Sync),
+) -> Result<tartarus_erebus::source::ImageRef, ApiError> {
+    let work = ctx.recipes_dir.join(recipe);
+    let layout = work.join("layout");
+    let (work2, layout2, recipe2) = (work.join("work"), layout.clone(), recipe.to_owned());
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let task = tokio::task::spawn_blocking(move || {
+        let say = |l: &str| {
+            let _ = line_tx.send(l.to_owned());
+        };
+        let _ = std::fs::remove_dir_all(&layout2);
+        tartarus_erebus::recipes::build(&recipe2, &work2, &layout2, &say)
+    });
+    while let Some(line) = line_rx.recv().await {
+        progress(serde_json::json!({"step": "recipe", "line": line}));
+    }
+    task.await.map_err(|e| ApiError::Internal(format!("recipe task: {e}")))?.map_err(|e| {
+        ApiError::Internal(format!("recipe {recipe}: {}", tartarus_hecatoncheir::agent::error_chain(&e)))
+    })?;
+    Ok(tartarus_erebus::source::ImageRef::Layout {
+        dir: layout,
+        tag: Some(tartarus_erebus::recipes::RECIPE_TAG.into()),
+    })
+}
+
+/// One template's record (`tartarus template inspect`).
+#[utoipa::path(get, path = "/v1/templates/{name}", params(("name" = String, Path, description = "Template name")),
+    responses((status = 200, body = TemplateRecord), (status = 404, body = ErrorBody)))]
+pub async fn inspect(
+    State(ctx): State<Ctx>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<TemplateRecord>, ApiError> {
+    let name = TemplateName::parse(&name).map_err(|_| ApiError::TemplateNotFound(format!("no template {name:?}")))?;
+    ctx.state
+        .templates
+        .template(&name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::TemplateNotFound(format!("no template {name}")))
+}
+
+/// Remove a template (its blobs stay until `prune`). Refused while live sandboxes use it.
+#[utoipa::path(delete, path = "/v1/templates/{name}", params(("name" = String, Path, description = "Template name")),
+    responses((status = 200, body = TemplateRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove(
+    State(ctx): State<Ctx>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<TemplateRecord>, ApiError> {
+    let name = TemplateName::parse(&name).map_err(|_| ApiError::TemplateNotFound(format!("no template {name:?}")))?;
+    let _guard = ctx.imports.lock().await;
+    let rec = ctx
+        .state
+        .templates
+        .template(&name)
+        .await?
+        .ok_or_else(|| ApiError::TemplateNotFound(format!("no template {name}")))?;
+    let live = tartarus_store::SandboxFilter {
+        states: vec![
+            tartarus_core::SandboxState::Queued,
+            tartarus_core::SandboxState::Starting,
+            tartarus_core::SandboxState::Running,
+            tartarus_core::SandboxState::Paused,
+        ],
+        ..Default::default()
+    };
+    let users = ctx.state.sandboxes.list(&live).await?.into_iter().filter(|r| r.spec.template == name).count();
+    if users > 0 {
+        return Err(ApiError::Conflict(format!("{users} live sandboxes use template {name}; kill them first")));
+    }
+    ctx.state.templates.remove_template(&name).await?;
+    let dir = ctx.templates_dir.join(name.as_str());
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+        tracing::warn!(template = %name, error = %e, "removing the template's files failed");
+    }
+    Ok(Json(rec))
+}
+
+/// What `prune` freed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PruneResult {
+    /// Blobs removed.
+    pub blobs_removed: usize,
+    /// Bytes freed on this host.
+    pub bytes_freed: u64,
+}
+
+/// Remove every stored blob no template uses.
+#[utoipa::path(post, path = "/v1/templates/prune", responses((status = 200, body = PruneResult)))]
+pub async fn prune(State(ctx): State<Ctx>) -> Result<Json<PruneResult>, ApiError> {
+    let _guard = ctx.imports.lock().await;
+    let mut used = std::collections::HashSet::new();
+    for t in ctx.state.templates.templates().await? {
+        if let Some(i) = t.image {
+            used.extend(i.layers);
+            used.insert(i.config_digest);
+        }
+    }
+    let all = ctx.blobs.list().await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut result = PruneResult { blobs_removed: 0, bytes_freed: 0 };
+    for d in all.into_iter().filter(|d| !used.contains(d.as_str())) {
+        result.bytes_freed += ctx.blobs.delete(&d).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        result.blobs_removed += 1;
+    }
+    Ok(Json(result))
 }

@@ -21,7 +21,7 @@ pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, cgroup: &str) -
     };
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(0u32).gid(0u32).build().expect("user"))
+        .user(UserBuilder::default().uid(spec.user.0).gid(spec.user.1).build().expect("user"))
         .args(args)
         .env(spec.env.clone())
         .cwd(spec.workdir.clone())
@@ -71,7 +71,7 @@ pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, cgroup: &str) -
 pub fn exec_process(spec: &crate::runtime::ExecSpec) -> String {
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(0u32).gid(0u32).build().expect("user"))
+        .user(UserBuilder::default().uid(spec.user.0).gid(spec.user.1).build().expect("user"))
         .args(spec.command.clone())
         .env(spec.env.clone())
         .cwd(spec.workdir.clone())
@@ -92,6 +92,7 @@ mod tests {
             command: vec!["sh".into(), "-c".into(), "echo $A".into()],
             env: vec!["A=x,B=injected".into()],
             workdir: "/tmp".into(),
+            user: (0, 0),
             scratch: "/x".into(),
         };
         let v: serde_json::Value = serde_json::from_str(&exec_process(&spec)).unwrap();
@@ -108,6 +109,7 @@ mod tests {
             command: None,
             env: vec!["PATH=/bin".into()],
             workdir: "/".into(),
+            user: (0, 0),
             resources: Resources { vcpus: 2, memory_mib: 64, disk_mib: 10 },
         };
         let v: serde_json::Value =
