@@ -252,10 +252,11 @@ impl Client {
         self.json(self.request(Method::DELETE, &format!("/v1/templates/{name}")), "template").await
     }
 
-    /// `POST /v1/templates/prune`: `(blobs removed, bytes freed)`.
-    pub async fn prune_templates(&self) -> anyhow::Result<(u64, u64)> {
+    /// `POST /v1/templates/prune`: `(blobs removed, unpacked images removed, bytes freed)`.
+    pub async fn prune_templates(&self) -> anyhow::Result<(u64, u64, u64)> {
         let v: serde_json::Value = self.json(self.request(Method::POST, "/v1/templates/prune"), "prune result").await?;
-        Ok((v["blobs_removed"].as_u64().unwrap_or(0), v["bytes_freed"].as_u64().unwrap_or(0)))
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        Ok((n("blobs_removed"), n("images_removed"), n("bytes_freed")))
     }
 
     /// `POST /v1/templates`: registers the directory `path` (on the realm's machine) as `name`.

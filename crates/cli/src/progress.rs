@@ -69,6 +69,7 @@ impl BuildProgress {
                 }
             }
             "unpacking" => self.line(format!("unpacking {} layers", ev["layers"])),
+            "reused" => self.line("unpacked before: reusing it".into()),
             "ext4" => self.line("making the ext4 image".into()),
             "done" => self.line(format!("root filesystem: {}", output::bytes(ev["size_bytes"].as_u64().unwrap_or(0)))),
             "recipe" => self.line(format!("  {}", ev["line"].as_str().unwrap_or(""))),

@@ -1,8 +1,9 @@
 //! Building a template from an image: resolve, fetch and verify blobs (cached ones are reused),
 //! unpack the layers into a root filesystem, make its ext4 image, and move it into place.
 //!
-//! Everything is built in a scratch directory beside the destination and renamed into place
-//! at the end, so a failed build leaves nothing half-made.
+//! Unpacked images are kept by manifest digest, so a second template of the same image costs a
+//! lookup. Everything is built in a scratch directory and renamed into place at the end, so a
+//! failed build leaves nothing half-made.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use tartarus_core::{ImageDefaults, ImageInfo};
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::ext4::{self, Ext4Error, Ext4Options};
-use crate::source::{Blob, Credentials, ImageRef, PullError, Source};
+use crate::source::{Blob, Credentials, ImageRef, PullError, Resolved, Source};
 use crate::unpack::{Compression, Limits, UnpackError, Unpacker};
 
 /// How to build.
@@ -63,6 +64,11 @@ pub enum BuildEvent {
         done: u64,
         /// Its size.
         size: u64,
+    },
+    /// This image was unpacked before: reused, nothing fetched or unpacked.
+    Reused {
+        /// Its manifest digest.
+        manifest_digest: String,
     },
     /// The layers are being unpacked.
     Unpacking {
@@ -135,37 +141,99 @@ pub struct Built {
 /// Largest config blob accepted.
 const CONFIG_LIMIT: u64 = 4 * 1024 * 1024;
 
-/// Builds `image` into `dest` (which must not exist): `dest/rootfs` and `dest/rootfs.ext4`.
+/// Builds `image` under `images_dir`, where unpacked images are kept by manifest digest:
+/// `<images_dir>/<hex>/rootfs` and `rootfs.ext4`. An image unpacked before is reused as it is
+/// (templates of the same image share it; they are only ever read).
 pub async fn build(
     blobs: &BlobStore,
     image: &ImageRef,
-    dest: &Path,
+    images_dir: &Path,
     opts: &BuildOptions,
     sink: &dyn ProgressSink,
 ) -> Result<Built, BuildError> {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let scratch = dest.with_file_name(format!(".build-{name}-{:x}", std::process::id() as u64 ^ nanos()));
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| BuildError::Io { path, source }
     };
+    tokio::fs::create_dir_all(images_dir).await.map_err(io(images_dir))?;
+    let scratch = images_dir.join(format!(".build-{:x}", std::process::id() as u64 ^ nanos()));
     tokio::fs::create_dir_all(&scratch).await.map_err(io(&scratch))?;
-    let result = build_in(blobs, image, &scratch, opts, sink).await;
-    let result = match result {
-        Ok(mut built) => match tokio::fs::rename(&scratch, dest).await {
-            Ok(()) => {
-                built.rootfs = dest.join("rootfs");
-                built.ext4 = built.ext4.map(|_| dest.join("rootfs.ext4"));
-                Ok(built)
+    let result = async {
+        sink.emit(BuildEvent::Resolving { reference: image.to_string() });
+        let (image2, creds, insecure, archive_dir) =
+            (image.clone(), opts.creds.clone(), opts.insecure, scratch.join("archive"));
+        let source = tokio::task::spawn_blocking(move || Source::open(&image2, &creds, insecure, &archive_dir))
+            .await
+            .expect("open task panicked")?;
+        let resolved = source.resolve().await?;
+        sink.emit(BuildEvent::Resolved {
+            manifest_digest: resolved.manifest_digest.to_string(),
+            layers: resolved.layers.len(),
+            bytes: resolved.layers.iter().map(|l| l.size).sum(),
+        });
+        let dest = images_dir.join(resolved.manifest_digest.hex());
+        if !dest.join("rootfs").is_dir() {
+            build_in(blobs, &source, &resolved, &scratch, opts, sink).await?;
+            if let Err(e) = tokio::fs::rename(&scratch, &dest).await {
+                // Someone else finished the same image first: theirs is as good.
+                if !dest.join("rootfs").is_dir() {
+                    return Err(BuildError::Io { path: dest, source: e });
+                }
             }
-            Err(e) => Err(BuildError::Io { path: dest.to_owned(), source: e }),
-        },
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        } else {
+            sink.emit(BuildEvent::Reused { manifest_digest: resolved.manifest_digest.to_string() });
+            fetch(blobs, &source, &resolved.config, CONFIG_LIMIT, sink).await?;
+        }
+        finish(blobs, image, &resolved, &dest, opts, sink).await
     }
+    .await;
+    let _ = tokio::fs::remove_dir_all(&scratch).await;
     result
+}
+
+/// The result for the unpacked image in `dest`: its defaults, and its ext4 image (made now
+/// when asked for and missing).
+async fn finish(
+    blobs: &BlobStore,
+    image: &ImageRef,
+    resolved: &Resolved,
+    dest: &Path,
+    opts: &BuildOptions,
+    sink: &dyn ProgressSink,
+) -> Result<Built, BuildError> {
+    let config_path = blobs.local_copy(&resolved.config.digest).await?;
+    let config_bytes =
+        tokio::fs::read(&config_path).await.map_err(|source| BuildError::Io { path: config_path, source })?;
+    let defaults = defaults(&config_bytes)?;
+    let rootfs = dest.join("rootfs");
+    let ext4_path = dest.join("rootfs.ext4");
+    let ext4 = match &opts.ext4 {
+        Some(_) if ext4_path.is_file() => Some(ext4_path),
+        Some(o) => {
+            sink.emit(BuildEvent::Ext4);
+            let (root2, out, o) = (rootfs.clone(), ext4_path.clone(), o.clone());
+            tokio::task::spawn_blocking(move || ext4::build(&root2, &out, &o).map(|_| out))
+                .await
+                .expect("ext4 task panicked")
+                .map(Some)?
+        }
+        None => None,
+    };
+    let root2 = rootfs.clone();
+    let size_bytes = tokio::task::spawn_blocking(move || tree_size(&root2)).await.expect("size task panicked");
+    sink.emit(BuildEvent::Done { size_bytes });
+    Ok(Built {
+        rootfs,
+        ext4,
+        image: ImageInfo {
+            reference: image.to_string(),
+            manifest_digest: resolved.manifest_digest.to_string(),
+            layers: resolved.layers.iter().map(|l| l.digest.to_string()).collect(),
+            config_digest: resolved.config.digest.to_string(),
+            defaults,
+        },
+        size_bytes,
+    })
 }
 
 fn nanos() -> u64 {
@@ -197,34 +265,23 @@ async fn fetch(
     Ok(())
 }
 
+/// Fetches what is missing and unpacks the layers into `<scratch>/rootfs`.
 async fn build_in(
     blobs: &BlobStore,
-    image: &ImageRef,
+    source: &Source,
+    resolved: &Resolved,
     scratch: &Path,
     opts: &BuildOptions,
     sink: &dyn ProgressSink,
-) -> Result<Built, BuildError> {
-    sink.emit(BuildEvent::Resolving { reference: image.to_string() });
-    let (image2, creds, insecure, archive_dir) =
-        (image.clone(), opts.creds.clone(), opts.insecure, scratch.join("archive"));
-    let source = tokio::task::spawn_blocking(move || Source::open(&image2, &creds, insecure, &archive_dir))
-        .await
-        .expect("open task panicked")?;
-    let resolved = source.resolve().await?;
-    sink.emit(BuildEvent::Resolved {
-        manifest_digest: resolved.manifest_digest.to_string(),
-        layers: resolved.layers.len(),
-        bytes: resolved.layers.iter().map(|l| l.size).sum(),
-    });
-
-    fetch(blobs, &source, &resolved.config, CONFIG_LIMIT, sink).await?;
+) -> Result<(), BuildError> {
+    fetch(blobs, source, &resolved.config, CONFIG_LIMIT, sink).await?;
     let config_path = blobs.local_copy(&resolved.config.digest).await?;
     let config_bytes =
         tokio::fs::read(&config_path).await.map_err(|source| BuildError::Io { path: config_path, source })?;
-    let defaults = defaults(&config_bytes)?;
+    defaults(&config_bytes)?; // refuse other platforms before fetching layers
     for layer in &resolved.layers {
         let limit = if layer.size > 0 { layer.size } else { opts.limits.max_total_bytes };
-        fetch(blobs, &source, layer, limit, sink).await?;
+        fetch(blobs, source, layer, limit, sink).await?;
     }
     // The archive's unpacked copy is not needed any more.
     let _ = tokio::fs::remove_dir_all(scratch.join("archive")).await;
@@ -235,10 +292,10 @@ async fn build_in(
     for layer in &resolved.layers {
         layer_files.push((blobs.local_copy(&layer.digest).await?, layer.clone()));
     }
-    let (root2, limits) = (rootfs.clone(), opts.limits);
     sink.emit(BuildEvent::Unpacking { layers: layer_files.len() });
+    let limits = opts.limits;
     let unpacked = tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
-        let mut unpacker = Unpacker::new(&root2, limits)?;
+        let mut unpacker = Unpacker::new(&rootfs, limits)?;
         for (path, layer) in &layer_files {
             let mut file = std::fs::File::open(path).map_err(|source| BuildError::Io { path: path.clone(), source })?;
             let compression = match Compression::from_media_type(&layer.media_type) {
@@ -255,34 +312,7 @@ async fn build_in(
         }
         Ok(())
     });
-    unpacked.await.expect("unpack task panicked")?;
-
-    let ext4 = match &opts.ext4 {
-        Some(o) => {
-            sink.emit(BuildEvent::Ext4);
-            let (root2, out, o) = (rootfs.clone(), scratch.join("rootfs.ext4"), o.clone());
-            tokio::task::spawn_blocking(move || ext4::build(&root2, &out, &o).map(|_| out))
-                .await
-                .expect("ext4 task panicked")
-                .map(Some)?
-        }
-        None => None,
-    };
-    let root2 = rootfs.clone();
-    let size_bytes = tokio::task::spawn_blocking(move || tree_size(&root2)).await.expect("size task panicked");
-    sink.emit(BuildEvent::Done { size_bytes });
-    Ok(Built {
-        rootfs,
-        ext4,
-        image: ImageInfo {
-            reference: image.to_string(),
-            manifest_digest: resolved.manifest_digest.to_string(),
-            layers: resolved.layers.iter().map(|l| l.digest.to_string()).collect(),
-            config_digest: resolved.config.digest.to_string(),
-            defaults,
-        },
-        size_bytes,
-    })
+    unpacked.await.expect("unpack task panicked")
 }
 
 /// The defaults an image config sets (and a check that it is a linux/amd64 image).

@@ -78,6 +78,7 @@ impl Olympus {
             imports: Default::default(),
             blobs: cfg.blobs.clone(),
             recipes_dir: cfg.data_dir.join("erebus").join("recipes"),
+            images_dir: cfg.data_dir.join("erebus").join("images"),
         };
         Ok(Self { ctx, cerberus: Cerberus::with_admin_key(cfg.admin_token) })
     }

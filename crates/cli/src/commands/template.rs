@@ -133,8 +133,8 @@ pub async fn execute(c: Command, g: &Global) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Prune => {
-            let (blobs, bytes) = Client::new(g)?.prune_templates().await?;
-            println!("removed {blobs} unused blobs, freed {}", output::bytes(bytes));
+            let (blobs, images, bytes) = Client::new(g)?.prune_templates().await?;
+            println!("removed {blobs} unused blobs and {images} unused images, freed {}", output::bytes(bytes));
             Ok(0)
         }
         Command::Import(a) => import(a, g).await,

@@ -43,6 +43,8 @@ pub struct Ctx {
     pub blobs: tartarus_erebus::blobs::BlobStore,
     /// Where recipes keep their work between builds.
     pub recipes_dir: PathBuf,
+    /// Where unpacked images are kept, by manifest digest.
+    pub images_dir: PathBuf,
 }
 
 /// A JSON body (whatever the `Content-Type` says); anything unparsable is a `malformed_json`

@@ -272,13 +272,6 @@ async fn run_build(
             (None, Some(recipe)) => run_recipe(&ctx, recipe, &progress).await?,
             (None, None) => unreachable!("checked by the handler"),
         };
-        let dest = ctx.templates_dir.join(name.as_str());
-        if dest.exists() {
-            // Left by a build or import that died half-way (never registered): start afresh.
-            tokio::fs::remove_dir_all(&dest)
-                .await
-                .map_err(|e| ApiError::Internal(format!("clearing {}: {e}", dest.display())))?;
-        }
         let mut limits = tartarus_erebus::unpack::Limits::default();
         if let Some(b) = req.max_image_bytes {
             limits.max_total_bytes = b;
@@ -295,8 +288,9 @@ async fn run_build(
                 .then(|| tartarus_erebus::ext4::Ext4Options { label: Some(name.to_string()), ..Default::default() }),
         };
         let sink = |ev: tartarus_erebus::build::BuildEvent| progress(serde_json::to_value(ev).expect("event"));
-        let built =
-            tartarus_erebus::build::build(&ctx.blobs, &image, &dest, &opts, &sink).await.map_err(build_error)?;
+        let built = tartarus_erebus::build::build(&ctx.blobs, &image, &ctx.images_dir, &opts, &sink)
+            .await
+            .map_err(build_error)?;
         if let Some(ext4) = &built.ext4 {
             let artifact =
                 format!("templates/{name}/{}.ext4", built.image.manifest_digest.trim_start_matches("sha256:"));
@@ -397,9 +391,13 @@ pub async fn remove(
         return Err(ApiError::Conflict(format!("{users} live sandboxes use template {name}; kill them first")));
     }
     ctx.state.templates.remove_template(&name).await?;
-    let dir = ctx.templates_dir.join(name.as_str());
-    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-        tracing::warn!(template = %name, error = %e, "removing the template's files failed");
+    if rec.image.is_none() {
+        // An imported directory belongs to this template alone; unpacked images may be shared
+        // and go with `prune`.
+        let dir = ctx.templates_dir.join(name.as_str());
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            tracing::warn!(template = %name, error = %e, "removing the template's files failed");
+        }
     }
     Ok(Json(rec))
 }
@@ -409,6 +407,8 @@ pub async fn remove(
 pub struct PruneResult {
     /// Blobs removed.
     pub blobs_removed: usize,
+    /// Unpacked images removed.
+    pub images_removed: usize,
     /// Bytes freed on this host.
     pub bytes_freed: u64,
 }
@@ -418,14 +418,35 @@ pub struct PruneResult {
 pub async fn prune(State(ctx): State<Ctx>) -> Result<Json<PruneResult>, ApiError> {
     let _guard = ctx.imports.lock().await;
     let mut used = std::collections::HashSet::new();
+    let mut images = std::collections::HashSet::new();
     for t in ctx.state.templates.templates().await? {
         if let Some(i) = t.image {
             used.extend(i.layers);
             used.insert(i.config_digest);
+            images.insert(i.manifest_digest.trim_start_matches("sha256:").to_owned());
         }
     }
     let all = ctx.blobs.list().await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut result = PruneResult { blobs_removed: 0, bytes_freed: 0 };
+    let mut result = PruneResult { blobs_removed: 0, images_removed: 0, bytes_freed: 0 };
+    // Unpacked images no template uses (and scratch left by interrupted builds).
+    if let Ok(entries) = std::fs::read_dir(&ctx.images_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !images.contains(&name) {
+                let path = e.path();
+                let size = tokio::task::spawn_blocking({
+                    let p = path.clone();
+                    move || tartarus_erebus::build::tree_size(&p)
+                })
+                .await
+                .unwrap_or(0);
+                if tokio::fs::remove_dir_all(&path).await.is_ok() {
+                    result.images_removed += 1;
+                    result.bytes_freed += size;
+                }
+            }
+        }
+    }
     for d in all.into_iter().filter(|d| !used.contains(d.as_str())) {
         result.bytes_freed += ctx.blobs.delete(&d).await.map_err(|e| ApiError::Internal(e.to_string()))?;
         result.blobs_removed += 1;
