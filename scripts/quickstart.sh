@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # From a fresh Debian 12 machine to a first sandbox: sets the machine up, starts a realm in
 # the background (or reuses the one answering on 127.0.0.1:7070), registers the busybox
-# template and runs a command in a gVisor sandbox. Run as root.
+# template, builds the python-ds template (Debian python3 + numpy + pandas, packed as an OCI
+# image and imported like any other; a few minutes the first time), and runs the pandas example
+# in a gVisor sandbox. Run as root.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,16 +58,22 @@ else
     "$tartarus" template import "$template_dir" --name busybox
 fi
 
-step "running a sandbox: tartarus run --template busybox -- sh -c '...'"
-# shellcheck disable=SC2016 # expanded in the sandbox, not here
-"$tartarus" run --template busybox -- sh -c \
-    'echo "hello from the underworld: $(uname -sr)"; head -n 3 /proc/self/status'
+if grep -qw python-ds <<<"$templates"; then
+    step "template python-ds built"
+else
+    step "building the python-ds template (debootstrap + OCI image; a few minutes the first time)"
+    "$tartarus" template build python-ds
+fi
+
+step "running a sandbox: tartarus run --template python-ds -- python3 -c \"import pandas; ...\""
+"$tartarus" run --template python-ds -- python3 -c "import pandas; print('Hello from the Underworld')"
 
 echo
 echo "==> done. The realm keeps running in the background:"
 next_steps=(
     "tartarus ps" "list sandboxes"
     "tartarus run --template busybox -- ls /" "run another command"
+    "tartarus run --template python-ds -- python3" "a Python sandbox (add -c '...')"
     "tartarus logs -f SANDBOX_ID" "show (and follow) a sandbox's output"
     "tartarus template ls" "list templates"
     "tail -f $log" "the realm's log"

@@ -1,12 +1,13 @@
-//! `tartarus bench`: measures a realm against raw `runsc run` on the same machine and prints
-//! latency percentiles as JSON.
+//! `tartarus bench`: measures a realm against the plain tools on the same machine and prints
+//! percentiles as JSON.
 //!
-//! The two are timed alternately, run by run, so both see the same machine load; the raw run
-//! uses the bundle the gVisor runtime writes, over the same template rootfs, with the same
-//! platform and overlay choices, so the difference is what Tartarus adds (API, judges, queue,
-//! scheduling, cgroups, shim, recording).
+//! `start` times sandboxes against raw `runsc run`; `pull` times template builds from a
+//! registry against `skopeo copy` + `umoci unpack`. The contenders are timed alternately, round
+//! by round, so both see the same machine load. The raw run uses the bundle the gVisor runtime
+//! writes, over the same template rootfs, with the same platform and overlay choices, so the
+//! difference is what Tartarus adds (API, judges, queue, scheduling, cgroups, shim, recording).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -35,6 +36,9 @@ pub enum Command {
     /// Time `echo hi` through the realm (POST /v1/sandboxes?wait=true) against raw `runsc run`
     /// of the same bundle, alternating; prints p50/p95/p99 as JSON.
     Start(StartArgs),
+    /// Time building a template from a registry image (cold and warm) against `skopeo copy` +
+    /// `umoci unpack` of the same image, alternating; prints p50 and MB/s as JSON.
+    Pull(PullArgs),
 }
 
 /// Arguments of `bench start`.
@@ -64,10 +68,54 @@ pub struct StartArgs {
     pub output: Format,
 }
 
+/// Arguments of `bench pull`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  scripts/registry.sh start --port 0          # prints REGISTRY_HOST=127.0.0.1:PORT
+  scripts/test-images.sh push oci:/srv/layouts/python-ds:latest bench/python-ds:latest \\
+      --registry 127.0.0.1:PORT
+  tartarus bench pull --image 127.0.0.1:PORT/bench/python-ds:latest --insecure -n 3
+
+Each round times, in turn:
+  tartarus-pull  a cold template build through the realm's API: the bench templates are removed
+                 and `template prune` runs first, so every blob is fetched, verified and
+                 unpacked again. Built with ext4: false, since skopeo and umoci make no
+                 filesystem image; the JSON says \"ext4\": false.
+  skopeo-umoci   `skopeo copy docker://REF oci:TMP:bench` then `umoci unpack`, timed together,
+                 into a fresh temporary directory.
+  tartarus-warm  a build of the same image into another template without pruning: the blobs
+                 are cached and the unpacked image is reused.
+MB/s is the image's layer bytes (compressed, as the manifest lists them; 1 MB = 10^6 bytes)
+over the p50. Cold rounds are checked: a round in which the realm found a blob cached (another
+template uses it) is reported on stderr.
+
+Note: `template prune` frees every blob and unpacked image that no template of the realm uses,
+not only the bench's. The bench templates are removed (and pruned) at the end. Progress goes to
+stderr, the result to stdout. Exit code 1 when any measured round failed.")]
+pub struct PullArgs {
+    /// The image: HOST[:PORT]/REPO[:TAG] in a registry both the realm and skopeo reach.
+    #[arg(long, value_name = "REF")]
+    pub image: String,
+    /// Plain HTTP to the registry (`--insecure` for the realm, `--src-tls-verify=false` for skopeo).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Measured rounds.
+    #[arg(short = 'n', long = "runs", value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub n: u32,
+    /// Untimed rounds first (they bring the registry's blobs into the page cache).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub warm_up: u32,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Json)]
+    pub output: Format,
+}
+
 /// Runs the verb.
 pub async fn execute(c: Command, g: &Global) -> anyhow::Result<i32> {
     match c {
         Command::Start(a) => start(a, g).await,
+        Command::Pull(a) => pull(a, g).await,
     }
 }
 
@@ -280,6 +328,321 @@ fn render(r: &Report) -> String {
     out
 }
 
+// --- bench pull ----------------------------------------------------------------------------
+
+/// Timings of one `bench pull` contender.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct PullSummary {
+    name: &'static str,
+    n: u32,
+    p50_ms: Option<f64>,
+    /// Layer bytes over the p50 (not for the warm build, which fetches nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mb_per_s: Option<f64>,
+    failures: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct PullReport {
+    results: Vec<PullSummary>,
+    /// tartarus-pull p50 over skopeo-umoci p50.
+    ratio_p50: Option<f64>,
+    /// Sum of the manifest's layer sizes (compressed).
+    image_bytes: u64,
+    layers: u64,
+    /// Whether the tartarus builds made ext4 images (never: skopeo and umoci make none).
+    ext4: bool,
+    /// Whether every measured cold round fetched every blob (nothing cached).
+    cold_verified: bool,
+}
+
+/// What one template build through the realm showed in its progress events.
+#[derive(Debug, Default)]
+struct BuildRun {
+    elapsed: Duration,
+    /// Layer bytes and count, from the `resolved` step.
+    bytes: u64,
+    layers: u64,
+    /// Blobs fetched, and blobs found in the store.
+    fetched: u32,
+    cached: u32,
+    /// The unpacked image was reused.
+    reused: bool,
+}
+
+/// Builds template `name` from `image` (no ext4 image) and waits for the outcome.
+async fn build_once(client: &Client, name: &str, image: &str, insecure: bool) -> Result<BuildRun, String> {
+    let body = serde_json::json!({"name": name, "image": image, "insecure": insecure, "ext4": false});
+    let start = Instant::now();
+    let mut events = client.build_template(&body).await.map_err(|e| format!("{e:#}"))?;
+    let mut run = BuildRun::default();
+    while let Some(ev) = events.next().await {
+        let ev = ev.map_err(|e| format!("{e:#}"))?;
+        let data: serde_json::Value = serde_json::from_str(&ev.data).unwrap_or_default();
+        match ev.event.as_str() {
+            "progress" => match data["step"].as_str() {
+                Some("resolved") => {
+                    run.bytes = data["bytes"].as_u64().unwrap_or(0);
+                    run.layers = data["layers"].as_u64().unwrap_or(0);
+                }
+                Some("blob") if data["cached"] == true => run.cached += 1,
+                Some("blob") => run.fetched += 1,
+                Some("reused") => run.reused = true,
+                _ => {}
+            },
+            "template" => {
+                run.elapsed = start.elapsed();
+                return Ok(run);
+            }
+            "error" => {
+                return Err(format!(
+                    "{}: {}",
+                    data["code"].as_str().unwrap_or("error"),
+                    data["message"].as_str().unwrap_or(&ev.data)
+                ))
+            }
+            _ => {}
+        }
+    }
+    Err("the build's event stream ended without an outcome".into())
+}
+
+/// Removes the bench's templates that exist, then prunes.
+async fn clear(client: &Client, names: &mut Vec<String>) -> anyhow::Result<()> {
+    for name in names.drain(..) {
+        if let Err(e) = client.remove_template(&name).await {
+            // Gone already (a failed build registers nothing) is fine; anything else is not.
+            if client.template(&name).await.is_ok() {
+                return Err(e.context(format!("cannot remove bench template {name}")));
+            }
+        }
+    }
+    client.prune_templates().await.context("cannot prune the realm's templates")?;
+    Ok(())
+}
+
+/// The plain tools' side: `skopeo copy` to an OCI layout, then `umoci unpack` of it.
+struct PlainPull {
+    skopeo: PathBuf,
+    umoci: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+impl PlainPull {
+    async fn once(&self, image: &str, insecure: bool, label: &str) -> Result<Duration, String> {
+        let dir = self.tmp.path().join(label);
+        let layout = format!("{}:bench", dir.join("oci").display());
+        let mut copy = tokio::process::Command::new(&self.skopeo);
+        // A local benchmark image: no signature policy to consult.
+        copy.args(["--insecure-policy", "copy", "--quiet"]);
+        if insecure {
+            copy.arg("--src-tls-verify=false");
+        }
+        copy.arg(format!("docker://{image}")).arg(format!("oci:{layout}"));
+        let mut unpack = tokio::process::Command::new(&self.umoci);
+        unpack.arg("unpack");
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            unpack.arg("--rootless");
+        }
+        unpack.args(["--image", &layout]).arg(dir.join("bundle"));
+        let start = Instant::now();
+        let outcome = async {
+            run_tool(copy, "skopeo copy").await?;
+            run_tool(unpack, "umoci unpack").await
+        }
+        .await;
+        let elapsed = start.elapsed();
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        outcome.map(|()| elapsed)
+    }
+}
+
+async fn run_tool(mut cmd: tokio::process::Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(format!("{what} failed ({}): {}", out.status, stderr.trim().lines().last().unwrap_or_default()))
+}
+
+/// `name` in PATH (or the usual bin directories).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/bin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p: &PathBuf| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+async fn pull(a: PullArgs, g: &Global) -> anyhow::Result<i32> {
+    let image = a.image.trim().to_owned();
+    anyhow::ensure!(
+        !image.starts_with("oci:") && !image.starts_with("docker-archive:"),
+        "--image must be in a registry (HOST[:PORT]/REPO[:TAG]): skopeo pulls it with docker://"
+    );
+    let tool = |name: &str| {
+        find_tool(name)
+            .with_context(|| format!("{name} is not installed (apt-get install {name}): bench pull compares with it"))
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("tartarus-bench-pull-")
+        .tempdir()
+        .context("cannot make a temporary directory")?;
+    let plain = PlainPull { skopeo: tool("skopeo")?, umoci: tool("umoci")?, tmp };
+    let client = Client::new(g)?;
+    client.templates().await.context("cannot list the realm's templates")?;
+    eprintln!(
+        "bench: pulling {image}: realm at {} (cold: after rm + prune, ext4 off; warm: cached) vs skopeo copy + umoci unpack, \
+         {} rounds after {} warm-up rounds",
+        client.base(),
+        a.n,
+        a.warm_up
+    );
+
+    let prefix = format!("bench-pull-{}", std::process::id());
+    let mut ours: Vec<String> = Vec::new();
+    let (mut cold_ms, mut plain_ms, mut warm_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cold_fail, mut plain_fail, mut warm_fail) = (0u32, 0u32, 0u32);
+    let (mut bytes, mut layers, mut cold_verified) = (0u64, 0u64, true);
+    let show = |res: &Result<Duration, String>| match res {
+        Ok(d) => format!("{:.0} ms", ms(*d)),
+        Err(e) => format!("FAILED ({e})"),
+    };
+    for round in 1..=a.warm_up + a.n {
+        let measured = round > a.warm_up;
+        let label = if measured { format!("{}/{}", round - a.warm_up, a.n) } else { format!("warm-up {round}") };
+
+        // (a) cold: nothing of this image left in the realm.
+        clear(&client, &mut ours).await?;
+        let cold_name = format!("{prefix}-c{round}");
+        ours.push(cold_name.clone());
+        let cold = build_once(&client, &cold_name, &image, a.insecure).await;
+        if let Ok(run) = &cold {
+            (bytes, layers) = (run.bytes, run.layers);
+            if run.cached > 0 || run.reused {
+                if measured {
+                    cold_verified = false;
+                }
+                eprintln!(
+                    "bench: {label}: the cold build was not cold: {} blobs cached{} (another template uses them)",
+                    run.cached,
+                    if run.reused { ", unpacked image reused" } else { "" }
+                );
+            }
+        }
+        let cold = cold.map(|r| r.elapsed);
+
+        // (b) the plain tools, in between.
+        let plain_run = plain.once(&image, a.insecure, &format!("r{round}")).await;
+
+        // (c) warm: the same image again, nothing pruned.
+        let warm_name = format!("{prefix}-w{round}");
+        ours.push(warm_name.clone());
+        let warm = build_once(&client, &warm_name, &image, a.insecure).await;
+        if let Ok(run) = &warm {
+            if !run.reused {
+                eprintln!("bench: {label}: the warm build did not reuse the unpacked image");
+            }
+        }
+        let warm = warm.map(|r| r.elapsed);
+
+        eprintln!(
+            "bench: {label}: tartarus-pull {}, skopeo-umoci {}, tartarus-warm {}",
+            show(&cold),
+            show(&plain_run),
+            show(&warm)
+        );
+        if !measured {
+            continue;
+        }
+        for (res, samples, fails) in [
+            (cold, &mut cold_ms, &mut cold_fail),
+            (plain_run, &mut plain_ms, &mut plain_fail),
+            (warm, &mut warm_ms, &mut warm_fail),
+        ] {
+            match res {
+                Ok(d) => samples.push(ms(d)),
+                Err(_) => *fails += 1,
+            }
+        }
+    }
+    clear(&client, &mut ours).await?;
+
+    let report = pull_report(
+        [
+            ("tartarus-pull", cold_ms, cold_fail),
+            ("skopeo-umoci", plain_ms, plain_fail),
+            ("tartarus-warm", warm_ms, warm_fail),
+        ],
+        a.n,
+        bytes,
+        layers,
+        cold_verified,
+    );
+    match a.output {
+        Format::Json => println!("{}", serde_json::to_string(&report)?),
+        Format::Table => print!("{}", render_pull(&report)),
+    }
+    Ok(if cold_fail + plain_fail + warm_fail > 0 { 1 } else { 0 })
+}
+
+/// The report of `bench pull` from each contender's samples (ms) and failures.
+fn pull_report(
+    contenders: [(&'static str, Vec<f64>, u32); 3],
+    n: u32,
+    image_bytes: u64,
+    layers: u64,
+    cold_verified: bool,
+) -> PullReport {
+    let results: Vec<PullSummary> = contenders
+        .into_iter()
+        .map(|(name, mut samples, failures)| {
+            samples.sort_by(f64::total_cmp);
+            let p50_ms = percentile(&samples, 50.0).map(round3);
+            let mb_per_s = match (name, p50_ms) {
+                ("tartarus-warm", _) | (_, None) => None,
+                (_, Some(p)) if p > 0.0 => Some(round3(image_bytes as f64 / 1e6 / (p / 1000.0))),
+                _ => None,
+            };
+            PullSummary { name, n, p50_ms, mb_per_s, failures }
+        })
+        .collect();
+    let ratio = match (results[0].p50_ms, results[1].p50_ms) {
+        (Some(t), Some(s)) if s > 0.0 => Some(round3(t / s)),
+        _ => None,
+    };
+    PullReport { results, ratio_p50: ratio, image_bytes, layers, ext4: false, cold_verified }
+}
+
+fn render_pull(r: &PullReport) -> String {
+    let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    let rows: Vec<Vec<String>> = r
+        .results
+        .iter()
+        .map(|s| vec![s.name.to_owned(), s.n.to_string(), cell(s.p50_ms), cell(s.mb_per_s), s.failures.to_string()])
+        .collect();
+    let mut out = output::table(&["NAME", "N", "P50 ms", "MB/s", "FAILURES"], &rows);
+    out.push_str(&format!(
+        "image {} in {} layers; p50 ratio tartarus/skopeo-umoci {} (ext4 off)\n",
+        output::bytes(r.image_bytes),
+        r.layers,
+        r.ratio_p50.map_or("-".to_owned(), |v| format!("{v:.2}"))
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +670,33 @@ mod tests {
         );
         let empty = report(summarize("tartarus", 1, vec![], 1), summarize("runsc-run", 1, vec![1.0], 0));
         assert_eq!((empty.ratio_p50, empty.overhead_p50_ms), (None, None));
+    }
+
+    #[test]
+    fn pull_report_shape() {
+        let r = pull_report(
+            [
+                ("tartarus-pull", vec![3000.0, 1000.0, 2000.0], 0),
+                ("skopeo-umoci", vec![4000.0, 4000.0], 1),
+                ("tartarus-warm", vec![50.0, 40.0, 60.0], 0),
+            ],
+            3,
+            200_000_000,
+            3,
+            true,
+        );
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"results":[{"name":"tartarus-pull","n":3,"p50_ms":2000.0,"mb_per_s":100.0,"failures":0},{"name":"skopeo-umoci","n":3,"p50_ms":4000.0,"mb_per_s":50.0,"failures":1},{"name":"tartarus-warm","n":3,"p50_ms":50.0,"failures":0}],"ratio_p50":0.5,"image_bytes":200000000,"layers":3,"ext4":false,"cold_verified":true}"#
+        );
+        let failed = pull_report(
+            [("tartarus-pull", vec![], 3), ("skopeo-umoci", vec![1.0], 0), ("tartarus-warm", vec![], 3)],
+            3,
+            0,
+            0,
+            true,
+        );
+        assert_eq!((failed.ratio_p50, failed.results[0].mb_per_s), (None, None));
+        assert!(render_pull(&failed).contains("tartarus-pull"));
     }
 }

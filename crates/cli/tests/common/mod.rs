@@ -110,6 +110,10 @@ pub struct Realm {
     log: Arc<Mutex<Vec<u8>>>,
     http: reqwest::Client,
     tmp: tempfile::TempDir,
+    /// Extra arguments of `tartarus up` (after `--listen`), kept for restarts.
+    up_args: Vec<String>,
+    /// Extra environment of `tartarus up`, kept for restarts.
+    up_env: Vec<(String, String)>,
 }
 
 impl Realm {
@@ -118,6 +122,12 @@ impl Realm {
     /// Call it from the test's own future (not from a spawned task): `tartarus up` is tied to
     /// the calling thread, so it is killed if the test process dies without dropping it.
     pub async fn start() -> Realm {
+        Realm::start_with(&[], &[]).await
+    }
+
+    /// [`Realm::start`] with extra arguments for `tartarus up` (e.g. `["--store", "s3://b/p"]`)
+    /// and extra environment variables; restarts keep both.
+    pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Realm {
         let tmp = tempfile::Builder::new().prefix("tartarus-it-").tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         let rootfs = tmp.path().join("busybox-rootfs");
@@ -133,6 +143,8 @@ impl Realm {
             log: Arc::new(Mutex::new(Vec::new())),
             http,
             tmp,
+            up_args: args.iter().map(|a| a.to_string()).collect(),
+            up_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         realm.start_again().await;
         let (status, body) = realm.post("/v1/templates", json!({"name": TEMPLATE, "path": realm.rootfs})).await;
@@ -147,6 +159,8 @@ impl Realm {
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .args(["up", "--listen", "127.0.0.1:0"])
+            .args(&self.up_args)
+            .envs(self.up_env.iter().map(|(k, v)| (k, v)))
             .env_remove("TARTARUS_API")
             .env_remove("TARTARUS_TOKEN")
             .env_remove("TARTARUS_DATA_DIR")
