@@ -879,7 +879,7 @@ async fn an_s3_store_holds_the_blobs_and_templates_still_run() {
         assert_eq!(Digest::of(&bytes).as_str(), d, "the object of {d} holds other bytes");
     }
     let manifest_hex = rec["image"]["manifest_digest"].as_str().unwrap().trim_start_matches("sha256:");
-    let artifact = bucket.join(format!("artifacts/templates/ins3/{manifest_hex}.ext4"));
+    let artifact = bucket.join(format!("artifacts/images/{manifest_hex}.ext4"));
     assert!(artifact.is_file(), "no ext4 artifact at {}", artifact.display());
     assert!(
         !realm.data_dir.join("erebus/store").exists()
@@ -888,6 +888,16 @@ async fn an_s3_store_holds_the_blobs_and_templates_still_run() {
     );
 
     assert_eq!(run_in(&realm, "ins3", &["cat", "/srv/hello.txt"], json!({})).await, "hello from the image\n");
+
+    // Removing the template and pruning frees everything it had in the bucket.
+    let (status, body) = realm.delete("/v1/templates/ins3").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = realm.post("/v1/templates/prune", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!artifact.exists(), "the ext4 artifact outlived prune");
+    for d in blobs_of(&rec) {
+        assert!(!bucket.join("blobs/sha256").join(d.trim_start_matches("sha256:")).exists(), "{d} outlived prune");
+    }
     drop(realm);
     drop(s3);
 }

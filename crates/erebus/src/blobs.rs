@@ -219,6 +219,17 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Removes an artifact stored with [`BlobStore::put_artifact`] (nothing to do locally).
+    pub async fn delete_artifact(&self, name: &str) -> Result<(), BlobError> {
+        if self.remote {
+            match self.store.delete(&ObjectPath::from(format!("artifacts/{name}"))).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => return Err(BlobError::Store { context: format!("deleting artifact {name}"), source }),
+            }
+        }
+        Ok(())
+    }
+
     /// A local, verified copy of blob `d` (fetched from the remote store when needed).
     pub async fn local_copy(&self, d: &Digest) -> Result<PathBuf, BlobError> {
         let path = self.path(d);

@@ -334,6 +334,22 @@ pub fn defaults(config: &[u8]) -> Result<ImageDefaults, BuildError> {
     })
 }
 
+/// The name under which an image's ext4 image is stored as an artifact (one per image, shared
+/// by its templates).
+pub fn ext4_artifact(manifest_digest: &str) -> String {
+    format!("images/{}.ext4", manifest_digest.trim_start_matches("sha256:"))
+}
+
+/// Bytes the files under `p` occupy on disk (sparse files count what they use).
+pub fn disk_usage(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
+    if !meta.is_dir() {
+        return meta.blocks() * 512;
+    }
+    std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| disk_usage(&e.path())).sum()).unwrap_or(0)
+}
+
 /// Bytes of the files under `p` (symlinks counted as links).
 pub fn tree_size(p: &Path) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };

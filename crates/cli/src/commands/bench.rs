@@ -85,9 +85,10 @@ Each round times, in turn:
                  into a fresh temporary directory.
   tartarus-warm  a build of the same image into another template without pruning: the blobs
                  are cached and the unpacked image is reused.
-MB/s is the image's layer bytes (compressed, as the manifest lists them; 1 MB = 10^6 bytes)
-over the p50. Cold rounds are checked: a round in which the realm found a blob cached (another
-template uses it) is reported on stderr.
+The filesystems are synced (untimed) before each timed step, so none pays for the write-back
+of the one before it. MB/s is the image's layer bytes (compressed, as the manifest lists them;
+1 MB = 10^6 bytes) over the p50. Cold rounds are checked: a round in which the realm found a
+blob cached (another template uses it) is reported on stderr.
 
 Note: `template prune` frees every blob and unpacked image that no template of the realm uses,
 not only the bench's. The bench templates are removed (and pruned) at the end. Progress goes to
@@ -446,6 +447,8 @@ impl PlainPull {
             unpack.arg("--rootless");
         }
         unpack.args(["--image", &layout]).arg(dir.join("bundle"));
+        // skopeo wants the layout's parent to exist.
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
         let start = Instant::now();
         let outcome = async {
             run_tool(copy, "skopeo copy").await?;
@@ -470,6 +473,12 @@ async fn run_tool(mut cmd: tokio::process::Command, what: &str) -> Result<(), St
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     Err(format!("{what} failed ({}): {}", out.status, stderr.trim().lines().last().unwrap_or_default()))
+}
+
+/// Writes back what earlier steps left dirty in the page cache, so no timed step pays for the
+/// one before it (the realm fsyncs every blob it stores, which would flush their data too).
+async fn settle() {
+    let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
 }
 
 /// `name` in PATH (or the usual bin directories).
@@ -526,6 +535,7 @@ async fn pull(a: PullArgs, g: &Global) -> anyhow::Result<i32> {
 
         // (a) cold: nothing of this image left in the realm.
         clear(&client, &mut ours).await?;
+        settle().await;
         let cold_name = format!("{prefix}-c{round}");
         ours.push(cold_name.clone());
         let cold = build_once(&client, &cold_name, &image, a.insecure).await;
@@ -536,7 +546,8 @@ async fn pull(a: PullArgs, g: &Global) -> anyhow::Result<i32> {
                     cold_verified = false;
                 }
                 eprintln!(
-                    "bench: {label}: the cold build was not cold: {} blobs cached{} (another template uses them)",
+                    "bench: {label}: the cold build was not cold: {} blobs were in the store{} (another template \
+                     of the realm uses this image or its layers: remove it for a cold measurement)",
                     run.cached,
                     if run.reused { ", unpacked image reused" } else { "" }
                 );
@@ -545,11 +556,13 @@ async fn pull(a: PullArgs, g: &Global) -> anyhow::Result<i32> {
         let cold = cold.map(|r| r.elapsed);
 
         // (b) the plain tools, in between.
+        settle().await;
         let plain_run = plain.once(&image, a.insecure, &format!("r{round}")).await;
 
         // (c) warm: the same image again, nothing pruned.
         let warm_name = format!("{prefix}-w{round}");
         ours.push(warm_name.clone());
+        settle().await;
         let warm = build_once(&client, &warm_name, &image, a.insecure).await;
         if let Ok(run) = &warm {
             if !run.reused {

@@ -292,8 +292,7 @@ async fn run_build(
             .await
             .map_err(build_error)?;
         if let Some(ext4) = &built.ext4 {
-            let artifact =
-                format!("templates/{name}/{}.ext4", built.image.manifest_digest.trim_start_matches("sha256:"));
+            let artifact = tartarus_erebus::build::ext4_artifact(&built.image.manifest_digest);
             ctx.blobs.put_artifact(ext4, &artifact).await.map_err(|e| ApiError::Internal(e.to_string()))?;
         }
         let rec = TemplateRecord {
@@ -436,13 +435,15 @@ pub async fn prune(State(ctx): State<Ctx>) -> Result<Json<PruneResult>, ApiError
                 let path = e.path();
                 let size = tokio::task::spawn_blocking({
                     let p = path.clone();
-                    move || tartarus_erebus::build::tree_size(&p)
+                    move || tartarus_erebus::build::disk_usage(&p)
                 })
                 .await
                 .unwrap_or(0);
                 if tokio::fs::remove_dir_all(&path).await.is_ok() {
                     result.images_removed += 1;
                     result.bytes_freed += size;
+                    let artifact = tartarus_erebus::build::ext4_artifact(&name);
+                    ctx.blobs.delete_artifact(&artifact).await.map_err(|e| ApiError::Internal(e.to_string()))?;
                 }
             }
         }
