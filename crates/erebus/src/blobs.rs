@@ -157,7 +157,9 @@ impl BlobStore {
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
         let dest = self.path(expected);
-        let tmp = dest.with_extension(format!("partial-{}", std::process::id()));
+        // Unique per call: two fetches of one blob never write the same file.
+        let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let tmp = dest.with_extension(format!("partial-{}-{unique:x}", std::process::id()));
         let cache_err = |path: &Path| {
             let path = path.to_owned();
             move |source| BlobError::Cache { path, source }
@@ -248,6 +250,21 @@ impl BlobStore {
         let remote = Self { remote: false, ..self.clone() };
         remote.put(d, u64::MAX, stream, &|_| {}).await?;
         Ok(path)
+    }
+
+    /// Removes the partial files of fetches that never finished (the process died). Call only
+    /// while no fetch runs.
+    pub fn sweep_partials(&self) -> u64 {
+        let mut freed = 0;
+        if let Ok(entries) = std::fs::read_dir(self.cache.join("blobs/sha256")) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().contains(".partial-") {
+                    freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        freed
     }
 
     /// Every stored blob.

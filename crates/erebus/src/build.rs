@@ -138,6 +138,9 @@ pub struct Built {
     pub size_bytes: u64,
 }
 
+/// The file that says an unpacked image is whole (written last, before it is moved into place).
+pub const COMPLETE: &str = "complete";
+
 /// Largest config blob accepted.
 const CONFIG_LIMIT: u64 = 4 * 1024 * 1024;
 
@@ -162,21 +165,29 @@ pub async fn build(
         sink.emit(BuildEvent::Resolving { reference: image.to_string() });
         let (image2, creds, insecure, archive_dir) =
             (image.clone(), opts.creds.clone(), opts.insecure, scratch.join("archive"));
-        let source = tokio::task::spawn_blocking(move || Source::open(&image2, &creds, insecure, &archive_dir))
-            .await
-            .expect("open task panicked")?;
+        let limits = opts.limits;
+        let source =
+            tokio::task::spawn_blocking(move || Source::open(&image2, &creds, insecure, &archive_dir, &limits))
+                .await
+                .expect("open task panicked")?;
         let resolved = source.resolve().await?;
         sink.emit(BuildEvent::Resolved {
             manifest_digest: resolved.manifest_digest.to_string(),
             layers: resolved.layers.len(),
-            bytes: resolved.layers.iter().map(|l| l.size).sum(),
+            bytes: resolved.layers.iter().fold(0u64, |a, l| a.saturating_add(l.size)),
         });
         let dest = images_dir.join(resolved.manifest_digest.hex());
-        if !dest.join("rootfs").is_dir() {
+        if !dest.join(COMPLETE).is_file() {
+            if dest.exists() {
+                // Half-removed by an interrupted prune: unpack afresh.
+                let _ = tokio::fs::remove_dir_all(&dest).await;
+            }
             build_in(blobs, &source, &resolved, &scratch, opts, sink).await?;
+            let marker = scratch.join(COMPLETE);
+            tokio::fs::write(&marker, resolved.manifest_digest.as_str()).await.map_err(io(&marker))?;
             if let Err(e) = tokio::fs::rename(&scratch, &dest).await {
                 // Someone else finished the same image first: theirs is as good.
-                if !dest.join("rootfs").is_dir() {
+                if !dest.join(COMPLETE).is_file() {
                     return Err(BuildError::Io { path: dest, source: e });
                 }
             }
@@ -280,7 +291,9 @@ async fn build_in(
         tokio::fs::read(&config_path).await.map_err(|source| BuildError::Io { path: config_path, source })?;
     defaults(&config_bytes)?; // refuse other platforms before fetching layers
     for layer in &resolved.layers {
-        let limit = if layer.size > 0 { layer.size } else { opts.limits.max_total_bytes };
+        // What the manifest announces, but never more than the image may hold.
+        let limit =
+            if layer.size > 0 { layer.size.min(opts.limits.max_total_bytes) } else { opts.limits.max_total_bytes };
         fetch(blobs, source, layer, limit, sink).await?;
     }
     // The archive's unpacked copy is not needed any more.
@@ -315,22 +328,44 @@ async fn build_in(
     unpacked.await.expect("unpack task panicked")
 }
 
+/// The parts of an image config Tartarus reads (the OCI spec makes everything else optional,
+/// `history` included, so nothing else is required).
+#[derive(serde::Deserialize)]
+struct ConfigDoc {
+    architecture: String,
+    os: String,
+    #[serde(default)]
+    config: Option<ContainerConfig>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ContainerConfig {
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    cmd: Option<Vec<String>>,
+    #[serde(default)]
+    env: Option<Vec<String>>,
+    #[serde(default)]
+    working_dir: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
 /// The defaults an image config sets (and a check that it is a linux/amd64 image).
 pub fn defaults(config: &[u8]) -> Result<ImageDefaults, BuildError> {
-    let c: oci_spec::image::ImageConfiguration =
-        serde_json::from_slice(config).map_err(|e| BuildError::Config(e.to_string()))?;
-    let os = c.os().to_string();
-    let arch = c.architecture().to_string();
-    if os != "linux" || arch != "amd64" {
-        return Err(BuildError::Config(format!("a {os}/{arch} image; only linux/amd64 runs here")));
+    let c: ConfigDoc = serde_json::from_slice(config).map_err(|e| BuildError::Config(e.to_string()))?;
+    if c.os != "linux" || c.architecture != "amd64" {
+        return Err(BuildError::Config(format!("a {}/{} image; only linux/amd64 runs here", c.os, c.architecture)));
     }
-    let Some(cfg) = c.config() else { return Ok(ImageDefaults::default()) };
+    let cfg = c.config.unwrap_or_default();
     Ok(ImageDefaults {
-        entrypoint: cfg.entrypoint().clone(),
-        cmd: cfg.cmd().clone(),
-        env: cfg.env().clone().unwrap_or_default(),
-        working_dir: cfg.working_dir().clone().filter(|w| !w.is_empty()),
-        user: cfg.user().clone().filter(|u| !u.is_empty()),
+        entrypoint: cfg.entrypoint,
+        cmd: cfg.cmd,
+        env: cfg.env.unwrap_or_default(),
+        working_dir: cfg.working_dir.filter(|w| !w.is_empty()),
+        user: cfg.user.filter(|u| !u.is_empty()),
     })
 }
 
@@ -357,4 +392,21 @@ pub fn tree_size(p: &Path) -> u64 {
         return meta.len();
     }
     std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_without_history_or_config_are_fine() {
+        let d = defaults(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#).unwrap();
+        assert_eq!(d, ImageDefaults::default());
+        let d = defaults(br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"WorkingDir":"/srv","User":"app","Entrypoint":["/bin/echo"]}}"#).unwrap();
+        assert_eq!(
+            (d.env, d.working_dir.as_deref(), d.user.as_deref()),
+            (vec!["A=1".to_owned()], Some("/srv"), Some("app"))
+        );
+        assert!(defaults(br#"{"architecture":"arm64","os":"linux"}"#).is_err());
+    }
 }

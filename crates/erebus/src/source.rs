@@ -42,14 +42,16 @@ impl ImageRef {
                 Some(i) => (&rest[..slash + i], Some(rest[slash + i + 1..].to_owned())),
                 None => (rest, None),
             };
-            if dir.is_empty() {
-                return Err(PullError::BadReference(format!("{s:?}: oci: needs a directory, e.g. oci:./image:latest")));
+            if !dir.starts_with('/') {
+                return Err(PullError::BadReference(format!(
+                    "{s:?}: oci: needs an absolute directory, e.g. oci:/srv/image:latest"
+                )));
             }
             return Ok(Self::Layout { dir: dir.into(), tag: tag.filter(|t| !t.is_empty()) });
         }
         if let Some(file) = s.strip_prefix("docker-archive:") {
-            if file.is_empty() {
-                return Err(PullError::BadReference(format!("{s:?}: docker-archive: needs a file")));
+            if !file.starts_with('/') {
+                return Err(PullError::BadReference(format!("{s:?}: docker-archive: needs an absolute file path")));
             }
             return Ok(Self::DockerArchive(file.into()));
         }
@@ -199,7 +201,13 @@ pub enum Source {
 impl Source {
     /// Opens `image`; `insecure` allows plain HTTP to that registry. A `docker save` archive
     /// is unpacked into `scratch` (a fresh directory the caller removes).
-    pub fn open(image: &ImageRef, creds: &Credentials, insecure: bool, scratch: &Path) -> Result<Self, PullError> {
+    pub fn open(
+        image: &ImageRef,
+        creds: &Credentials,
+        insecure: bool,
+        scratch: &Path,
+        limits: &crate::unpack::Limits,
+    ) -> Result<Self, PullError> {
         match image {
             ImageRef::Registry(r) => {
                 let reference: Reference = r.parse().map_err(|e| PullError::BadReference(format!("{r}: {e}")))?;
@@ -211,6 +219,9 @@ impl Source {
                 let config = oci_client::client::ClientConfig {
                     protocol,
                     platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+                    // A registry that stops answering fails the build instead of hanging it.
+                    connect_timeout: Some(std::time::Duration::from_secs(10)),
+                    read_timeout: Some(std::time::Duration::from_secs(60)),
                     ..Default::default()
                 };
                 let auth = match creds {
@@ -228,7 +239,7 @@ impl Source {
                 }
                 Ok(Self::Dir { root: dir.clone(), tag: tag.clone(), files: None, legacy: None })
             }
-            ImageRef::DockerArchive(file) => open_archive(file, scratch),
+            ImageRef::DockerArchive(file) => open_archive(file, scratch, limits),
         }
     }
 
@@ -243,7 +254,12 @@ impl Source {
                 from_manifest(digest("manifest digest", &manifest_digest)?, &manifest)
             }
             Self::Dir { legacy: Some(r), .. } => Ok(r.clone()),
-            Self::Dir { root, tag, .. } => resolve_layout(root, tag.as_deref()),
+            Self::Dir { root, tag, .. } => {
+                let (root, tag) = (root.clone(), tag.clone());
+                tokio::task::spawn_blocking(move || resolve_layout(&root, tag.as_deref()))
+                    .await
+                    .expect("resolve task panicked")
+            }
         }
     }
 
@@ -300,12 +316,24 @@ fn registry_message(e: &oci_client::errors::OciDistributionError) -> String {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path, limit: u64) -> Result<(T, Vec<u8>), PullError> {
-    let meta = std::fs::metadata(path).map_err(|source| PullError::Io { path: path.into(), source })?;
-    if meta.len() > limit {
+/// Reads a regular file of at most `limit` bytes (whatever its metadata claims).
+fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, PullError> {
+    use std::io::Read;
+    let io = |source| PullError::Io { path: path.into(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(invalid(path.display().to_string(), "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > limit {
         return Err(invalid(path.display().to_string(), format!("larger than {limit} bytes")));
     }
-    let bytes = std::fs::read(path).map_err(|source| PullError::Io { path: path.into(), source })?;
+    Ok(bytes)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, limit: u64) -> Result<(T, Vec<u8>), PullError> {
+    let bytes = read_bounded(path, limit)?;
     let v = serde_json::from_slice(&bytes).map_err(|e| invalid(path.display().to_string(), e.to_string()))?;
     Ok((v, bytes))
 }
@@ -352,6 +380,28 @@ fn resolve_layout(root: &Path, tag: Option<&str>) -> Result<Resolved, PullError>
     Err(invalid(format!("oci:{}", root.display()), "indexes nested too deeply"))
 }
 
+/// Checks that every symlink under `root` resolves to something inside it, so nothing read
+/// from an unpacked archive can come from the host.
+fn links_stay_inside(root: &Path) -> Result<(), String> {
+    let root = root.canonicalize().map_err(|e| format!("{}: {e}", root.display()))?;
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            let rel = e.path().strip_prefix(&root).map(|p| p.display().to_string()).unwrap_or_default();
+            if kind.is_symlink() {
+                match e.path().canonicalize() {
+                    Ok(target) if target.starts_with(&root) => {}
+                    _ => return Err(format!("link {rel:?} points outside the archive")),
+                }
+            } else if kind.is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `manifest.json` of a legacy `docker save` archive.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -362,15 +412,35 @@ struct ArchiveManifest {
 
 /// Unpacks a `docker save` archive into `scratch` and opens what is inside: an OCI layout
 /// (newer Docker) or the legacy `manifest.json` form.
-fn open_archive(file: &Path, scratch: &Path) -> Result<Source, PullError> {
+fn open_archive(file: &Path, scratch: &Path, limits: &crate::unpack::Limits) -> Result<Source, PullError> {
     let f = std::fs::File::open(file).map_err(|source| PullError::Io { path: file.into(), source })?;
     std::fs::create_dir_all(scratch).map_err(|source| PullError::Io { path: scratch.into(), source })?;
     let mut archive = tar::Archive::new(f);
+    let (mut bytes, mut entries) = (0u64, 0u64);
     for entry in archive.entries().map_err(|source| PullError::Io { path: file.into(), source })? {
         let mut entry = entry.map_err(|source| PullError::Io { path: file.into(), source })?;
+        let kind = entry.header().entry_type();
+        let name = entry.path().map(|p| p.display().to_string()).unwrap_or_default();
+        // Files, directories and links (`docker save` links repeated layers); nothing else:
+        // no sparse files that balloon on disk, no devices. Links are checked below.
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink() || kind.is_hard_link()) {
+            return Err(invalid(
+                file.display().to_string(),
+                format!("entry {name:?} is not a file, directory or link"),
+            ));
+        }
+        entries += 1;
+        bytes = bytes.saturating_add(entry.size());
+        if entries > limits.max_entries || bytes > limits.max_total_bytes {
+            return Err(invalid(
+                file.display().to_string(),
+                format!("more than {} entries or {} bytes", limits.max_entries, limits.max_total_bytes),
+            ));
+        }
         // `unpack_in` refuses paths that leave `scratch`.
         entry.unpack_in(scratch).map_err(|source| PullError::Io { path: file.into(), source })?;
     }
+    links_stay_inside(scratch).map_err(|why| invalid(file.display().to_string(), why))?;
     if scratch.join("index.json").is_file() && scratch.join("blobs").is_dir() {
         return Ok(Source::Dir { root: scratch.into(), tag: None, files: None, legacy: None });
     }
@@ -432,12 +502,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn archives_may_not_link_to_the_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("evil.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "manifest.json", "/etc/passwd").unwrap();
+        b.finish().unwrap();
+        drop(b);
+        let scratch = tmp.path().join("scratch");
+        let err = open_archive(&archive, &scratch, &crate::unpack::Limits::default()).err().expect("refused");
+        assert!(err.to_string().contains("points outside the archive"), "{err}");
+    }
+
+    #[test]
+    fn archive_bounds_hold() {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("big.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+        for i in 0..3 {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(4);
+            h.set_mode(0o644);
+            b.append_data(&mut h, format!("f{i}"), &b"data"[..]).unwrap();
+        }
+        b.finish().unwrap();
+        drop(b);
+        let limits = crate::unpack::Limits { max_entries: 2, ..Default::default() };
+        assert!(open_archive(&archive, &tmp.path().join("s"), &limits).is_err());
+    }
+
+    #[test]
     fn references() {
         assert_eq!(
             ImageRef::parse("oci:/tmp/img:v1").unwrap(),
             ImageRef::Layout { dir: "/tmp/img".into(), tag: Some("v1".into()) }
         );
-        assert_eq!(ImageRef::parse("oci:./img").unwrap(), ImageRef::Layout { dir: "./img".into(), tag: None });
+        assert_eq!(ImageRef::parse("oci:/img").unwrap(), ImageRef::Layout { dir: "/img".into(), tag: None });
+        assert!(ImageRef::parse("oci:./img").is_err(), "paths are the realm's: absolute only");
         assert_eq!(ImageRef::parse("docker-archive:/x.tar").unwrap(), ImageRef::DockerArchive("/x.tar".into()));
         assert_eq!(
             ImageRef::parse("localhost:5000/python:3").unwrap(),

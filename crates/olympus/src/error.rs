@@ -16,7 +16,7 @@ pub struct ErrorBody {
 }
 
 /// Every way an API call can fail.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// The body is not JSON of the right shape.
     #[error("{0}")]
@@ -88,32 +88,6 @@ impl ApiError {
             Self::ImageRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image_rejected"),
             Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "registry_error"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        }
-    }
-}
-
-impl ApiError {
-    /// An error of the same kind as `other` with the same message (errors are not `Clone`,
-    /// since their sources are not).
-    pub fn same_kind(self, other: &ApiError) -> ApiError {
-        let m = other.to_string();
-        match other {
-            Self::MalformedJson(_) => Self::MalformedJson(m),
-            Self::Unauthorized(_) => Self::Unauthorized(m),
-            Self::PolicyDenied(_) => Self::PolicyDenied(m),
-            Self::SandboxNotFound(_) => Self::SandboxNotFound(m),
-            Self::NotFound(_) => Self::NotFound(m),
-            Self::MethodNotAllowed(_) => Self::MethodNotAllowed(m),
-            Self::PayloadTooLarge(_) => Self::PayloadTooLarge(m),
-            Self::NotRunning(_) => Self::NotRunning(m),
-            Self::Conflict(_) => Self::Conflict(m),
-            Self::InvalidRequest(_) => Self::InvalidRequest(m),
-            Self::UnknownTemplate(_) => Self::UnknownTemplate(m),
-            Self::TemplateNotFound(_) => Self::TemplateNotFound(m),
-            Self::ImageRejected(_) => Self::ImageRejected(m),
-            Self::Upstream(_) => Self::Upstream(m),
-            Self::QuotaExceeded(_) => Self::QuotaExceeded(m),
-            Self::Internal(_) => Self::Internal(m),
         }
     }
 }

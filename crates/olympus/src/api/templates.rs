@@ -99,7 +99,7 @@ async fn copy_tree(src: &Path, dest: &Path) -> Result<u64, ApiError> {
         )));
     }
     let root = tmp.join("rootfs");
-    let size = tokio::task::spawn_blocking(move || tree_size(&root)).await.expect("size task");
+    let size = tokio::task::spawn_blocking(move || tartarus_erebus::build::tree_size(&root)).await.expect("size task");
     if let Err(e) = tokio::fs::rename(&tmp, dest).await {
         let _ = tokio::fs::remove_dir_all(&tmp).await;
         return Err(io("installing the template", e));
@@ -112,14 +112,6 @@ fn rand_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.finish()
-}
-
-fn tree_size(p: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
-    if !meta.is_dir() {
-        return meta.len();
-    }
-    std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum()).unwrap_or(0)
 }
 
 /// Build a template from an OCI image (or a built-in recipe).
@@ -176,6 +168,7 @@ fn build_error(e: tartarus_erebus::build::BuildError) -> ApiError {
         B::Pull(P::Io { .. }) => ApiError::InvalidRequest(message),
         B::Pull(P::Invalid { .. }) | B::Unpack(_) | B::Config(_) => ApiError::ImageRejected(message),
         B::Blob(BlobError::DigestMismatch { .. } | BlobError::TooLarge { .. }) => ApiError::ImageRejected(message),
+        B::Blob(BlobError::Source { .. }) => ApiError::Upstream(message),
         _ => ApiError::Internal(message),
     }
 }
@@ -266,7 +259,7 @@ async fn run_build(
     let progress = |v: serde_json::Value| {
         let _ = tx.try_send(BuildMessage::Progress(v));
     };
-    let result = async {
+    let result: Result<TemplateRecord, ApiError> = async {
         let image = match (image, req.recipe.as_deref()) {
             (Some(i), _) => i,
             (None, Some(recipe)) => run_recipe(&ctx, recipe, &progress).await?,
@@ -311,7 +304,7 @@ async fn run_build(
     .await;
     let _ = match &result {
         Ok(rec) => tx.send(BuildMessage::Done(Box::new(rec.clone()))).await,
-        Err(e) => tx.send(BuildMessage::Failed(ApiError::Internal(String::new()).same_kind(e))).await,
+        Err(e) => tx.send(BuildMessage::Failed(e.clone())).await,
     };
     result
 }
@@ -426,13 +419,17 @@ pub async fn prune(State(ctx): State<Ctx>) -> Result<Json<PruneResult>, ApiError
         }
     }
     let all = ctx.blobs.list().await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut result = PruneResult { blobs_removed: 0, images_removed: 0, bytes_freed: 0 };
+    let mut result = PruneResult { blobs_removed: 0, images_removed: 0, bytes_freed: ctx.blobs.sweep_partials() };
     // Unpacked images no template uses (and scratch left by interrupted builds).
     if let Ok(entries) = std::fs::read_dir(&ctx.images_dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !images.contains(&name) {
-                let path = e.path();
+                // Out of sight first, so an interrupted removal is never mistaken for an image.
+                let path = ctx.images_dir.join(format!(".trash-{name}"));
+                if tokio::fs::rename(e.path(), &path).await.is_err() {
+                    continue;
+                }
                 let size = tokio::task::spawn_blocking({
                     let p = path.clone();
                     move || tartarus_erebus::build::disk_usage(&p)
@@ -442,7 +439,7 @@ pub async fn prune(State(ctx): State<Ctx>) -> Result<Json<PruneResult>, ApiError
                 if tokio::fs::remove_dir_all(&path).await.is_ok() {
                     result.images_removed += 1;
                     result.bytes_freed += size;
-                    let artifact = tartarus_erebus::build::ext4_artifact(&name);
+                    let artifact = tartarus_erebus::build::ext4_artifact(name.trim_start_matches(".trash-"));
                     ctx.blobs.delete_artifact(&artifact).await.map_err(|e| ApiError::Internal(e.to_string()))?;
                 }
             }
