@@ -85,6 +85,10 @@ pub struct BuildArgs {
     /// Registry bearer token.
     #[arg(long, env = "TARTARUS_REGISTRY_TOKEN", hide_env_values = true, conflicts_with_all = ["username", "password"])]
     pub registry_token: Option<String>,
+    /// A Docker-style credentials file (`{"auths": {"HOST": {"auth": base64("user:pass")}}}`),
+    /// used when no credentials are given otherwise; default ~/.docker/config.json if present.
+    #[arg(long, env = "TARTARUS_REGISTRY_AUTH_FILE", value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
     /// Skip the ext4 image (only gVisor can then run the template).
     #[arg(long)]
     pub no_ext4: bool,
@@ -160,7 +164,10 @@ async fn build(a: BuildArgs, g: &Global) -> anyhow::Result<i32> {
         (_, _, Some(t)) => serde_json::json!({"kind": "bearer", "token": t}),
         (Some(u), Some(p), None) => serde_json::json!({"kind": "basic", "username": u, "password": p}),
         (Some(_), None, None) => anyhow::bail!("--username needs a password (TARTARUS_REGISTRY_PASSWORD)"),
-        _ => serde_json::json!({"kind": "anonymous"}),
+        _ => match a.image.as_deref().and_then(|i| auth_file_credentials(i, a.auth_file.as_deref()).transpose()) {
+            Some(c) => c?,
+            None => serde_json::json!({"kind": "anonymous"}),
+        },
     };
     let mut body = serde_json::json!({
         "name": a.name.as_str(),
@@ -204,6 +211,47 @@ async fn build(a: BuildArgs, g: &Global) -> anyhow::Result<i32> {
     }
     progress.finish();
     anyhow::bail!("the build of template {} stopped without an outcome; see `tartarus template ls`", a.name)
+}
+
+/// Credentials for `image`'s registry from a Docker-style config file, if it has some.
+fn auth_file_credentials(image: &str, file: Option<&std::path::Path>) -> anyhow::Result<Option<serde_json::Value>> {
+    use base64::Engine;
+    if image.starts_with("oci:") || image.starts_with("docker-archive:") {
+        return Ok(None);
+    }
+    let default = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"));
+    let path = match (file, default) {
+        (Some(f), _) => f.to_owned(),
+        (None, Some(d)) if d.is_file() => d,
+        _ => return Ok(None),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let host = image.split('/').next().unwrap_or_default();
+    let Some(entry) = doc["auths"].as_object().and_then(|a| {
+        a.iter()
+            .find(|(k, _)| k.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/') == host)
+    }) else {
+        return Ok(None);
+    };
+    let entry = entry.1;
+    if let (Some(u), Some(p)) = (entry["username"].as_str(), entry["password"].as_str()) {
+        return Ok(Some(serde_json::json!({"kind": "basic", "username": u, "password": p})));
+    }
+    if let Some(token) = entry["registrytoken"].as_str().or(entry["identitytoken"].as_str()) {
+        return Ok(Some(serde_json::json!({"kind": "bearer", "token": token})));
+    }
+    let Some(auth) = entry["auth"].as_str() else { return Ok(None) };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth.trim())
+        .with_context(|| format!("{}: the auth of {host} is not base64", path.display()))?;
+    let decoded =
+        String::from_utf8(decoded).with_context(|| format!("{}: the auth of {host} is not text", path.display()))?;
+    let (u, p) = decoded
+        .split_once(':')
+        .with_context(|| format!("{}: the auth of {host} is not user:password", path.display()))?;
+    Ok(Some(serde_json::json!({"kind": "basic", "username": u, "password": p})))
 }
 
 /// `oci:` and `docker-archive:` paths made absolute, since the realm resolves them, not us.
@@ -251,6 +299,20 @@ fn render(templates: &[TemplateRecord], now: chrono::DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_from_an_auth_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        // base64("alice:s3cret")
+        std::fs::write(&file, r#"{"auths":{"127.0.0.1:5000":{"auth":"YWxpY2U6czNjcmV0"},"other":{"auth":"eA=="}}}"#)
+            .unwrap();
+        let c = auth_file_credentials("127.0.0.1:5000/app:1", Some(&file)).unwrap().unwrap();
+        assert_eq!(c, serde_json::json!({"kind": "basic", "username": "alice", "password": "s3cret"}));
+        assert_eq!(auth_file_credentials("elsewhere:5000/app:1", Some(&file)).unwrap(), None);
+        assert_eq!(auth_file_credentials("oci:/x:1", Some(&file)).unwrap(), None);
+        assert!(auth_file_credentials("other/app:1", Some(&file)).is_err(), "not user:password");
+    }
 
     #[test]
     fn lists_templates() {
