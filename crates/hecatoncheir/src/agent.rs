@@ -37,6 +37,9 @@ const EXEC_DRAIN: Duration = Duration::from_millis(250);
 /// Longest wait for a new session sandbox to become reachable by `exec`.
 const READY_WAIT: Duration = Duration::from_secs(10);
 
+/// The ids used when a sandbox's own user cannot be known.
+const NOBODY: (u32, u32) = (65534, 65534);
+
 /// How often Erinyes measures a sandbox's writable layer against its `disk_mib`.
 const DISK_CHECK: Duration = Duration::from_secs(1);
 
@@ -485,7 +488,8 @@ impl Hecatoncheir {
                     let template = self.state.templates.template(&rec.spec.template).await?;
                     let settings = template
                         .and_then(|t| Settings::of(&rec.spec, &t).ok())
-                        .unwrap_or_else(|| Settings { env: rec.spec.env.clone(), workdir: "/".into(), user: (0, 0) });
+                        // Its template's settings cannot be read: later execs run as nobody, never root.
+                        .unwrap_or_else(|| Settings { env: rec.spec.env.clone(), workdir: "/".into(), user: NOBODY });
                     let live = Live { kill: kill_tx, activity: activity.clone(), settings: Arc::new(settings) };
                     self.live.lock().expect("lock").insert(id.clone(), live);
                     info!(sandbox = %id, pid, "re-adopted running sandbox");
