@@ -15,3 +15,15 @@ find_cargo() {
     done
     return 1
 }
+
+# Installs Debian packages (as root), refreshing the package lists once if the first try fails.
+# Expects the caller's `log` and `die`.
+apt_install() {
+    [[ "$(id -u)" -eq 0 ]] || die "missing $*; install as root: apt-get install $*"
+    log "installing $*"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends "$@" >&2 ||
+        { apt-get update -q >&2 && apt-get install -y -q -o DPkg::Lock::Timeout=300 \
+            --no-install-recommends "$@" >&2; } ||
+        die "could not install $*"
+}

@@ -23,6 +23,8 @@
 # `stop` ends it (SIGTERM, then SIGKILL after 10 s); stopping a stopped registry is not an error.
 # It never uses the package's system service (/etc/docker/registry/config.yml, port 5000).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 bin=/usr/bin/docker-registry
 default_port=15000
@@ -110,14 +112,7 @@ ensure_installed() {
     command -v curl >/dev/null || need+=(curl)
     command -v python3 >/dev/null || need+=(python3)
     [[ ${#need[@]} -eq 0 ]] && return 0
-    [[ "$(id -u)" -eq 0 ]] || die "missing ${need[*]}; install as root: apt-get install ${need[*]}"
-    log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # policy-rc.d (if present) keeps the package's own service from starting; ours is separate.
-    apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends "${need[@]}" >&2 ||
-        { apt-get update -q >&2 && apt-get install -y -q -o DPkg::Lock::Timeout=300 \
-            --no-install-recommends "${need[@]}" >&2; } ||
-        die "could not install ${need[*]}"
+    apt_install "${need[@]}"
 }
 
 # The settings a running registry was started with, to tell whether `start` must restart it.

@@ -41,6 +41,8 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 default_port=15900
 bucket=tartarus
 access_key=tartarus
@@ -83,22 +85,11 @@ case "$impl" in
 esac
 
 # --- installing ---------------------------------------------------------------------------
-apt_install() {
-    [[ "$(id -u)" -eq 0 ]] || die "missing $*; install as root: apt-get install $*"
-    log "installing $*"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends "$@" >&2 ||
-        { apt-get update -q >&2 && apt-get install -y -q -o DPkg::Lock::Timeout=300 \
-            --no-install-recommends "$@" >&2; } ||
-        die "could not install $*"
-}
 
 install_s3s() {
     if [[ -x "$s3s_bin" ]] && [[ "$("$s3s_bin" --version 2>/dev/null)" == "s3s-fs $s3s_version" ]]; then
         return 0
     fi
-    # shellcheck source=scripts/lib.sh
-    source "$repo/scripts/lib.sh"
     find_cargo || die "cargo not found: s3s-fs is built with cargo (or use --impl moto)"
     local target
     target="$(mktemp -d)"

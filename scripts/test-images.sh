@@ -23,6 +23,8 @@
 #
 # `oci:` may be left off SRC (DIR:TAG). Messages go to stderr, the KEY=VALUE lines to stdout.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }
 log() { echo "test-images: $*" >&2; }
@@ -35,13 +37,7 @@ ensure() {
     local need=() tool
     for tool in "$@"; do command -v "$tool" >/dev/null || need+=("$tool"); done
     [[ ${#need[@]} -eq 0 ]] && return 0
-    [[ "$(id -u)" -eq 0 ]] || die "missing ${need[*]}; install as root: apt-get install ${need[*]}"
-    log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends "${need[@]}" >&2 ||
-        { apt-get update -q >&2 && apt-get install -y -q -o DPkg::Lock::Timeout=300 \
-            --no-install-recommends "${need[@]}" >&2; } ||
-        die "could not install ${need[*]}"
+    apt_install "${need[@]}"
 }
 
 # Splits oci:DIR:TAG (or DIR:TAG) into $src_dir and $src_tag.
