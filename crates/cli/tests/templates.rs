@@ -205,6 +205,20 @@ fn tar_layer(path: &Path, entries: &[Entry]) -> LayerSource {
 }
 
 /// A small tree with what images carry: odd modes (setuid, sticky), owners, hard and symbolic
+/// An image of the realm's busybox root plus the extras tree, as an `oci:` reference to a layout
+/// under `dir` (tag `v1`).
+fn base_image(realm: &Realm, dir: &Path) -> String {
+    let extras = dir.join("extras");
+    extras_tree(&extras);
+    let (oci, _) = image(
+        &dir.join("layout"),
+        "v1",
+        &[LayerSource::Dir(realm.rootfs.clone()), LayerSource::Dir(extras)],
+        &ImageConfig::default(),
+    );
+    oci
+}
+
 /// links, an empty file.
 fn extras_tree(root: &Path) {
     let dir = |p: &str, mode: u32| {
@@ -352,20 +366,12 @@ async fn registry_pulls_over_http_anonymous_and_with_basic_auth() {
     let open = registry(&tmp.path().join("open"), None);
     let locked = registry(&tmp.path().join("locked"), Some("hades:obol-1234"));
 
-    let extras = tmp.path().join("extras");
-    extras_tree(&extras);
-    let layout = tmp.path().join("layout");
-    let (oci, _) = image(
-        &layout,
-        "v1",
-        &[LayerSource::Dir(realm.rootfs.clone()), LayerSource::Dir(extras)],
-        &ImageConfig::default(),
-    );
+    let oci = base_image(&realm, tmp.path());
     let marker = tmp.path().join("marker");
     std::fs::create_dir_all(marker.join("etc")).unwrap();
     std::fs::write(marker.join("etc/locked"), "behind basic auth\n").unwrap();
     let (oci_locked, _) = image(
-        &layout,
+        &tmp.path().join("layout"),
         "locked",
         &[LayerSource::Dir(realm.rootfs.clone()), LayerSource::Dir(marker)],
         &ImageConfig::default(),
@@ -747,14 +753,7 @@ async fn the_ext4_image_is_clean_and_holds_the_rootfs() {
     }
     let realm = Realm::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let extras = tmp.path().join("extras");
-    extras_tree(&extras);
-    let (oci, _) = image(
-        &tmp.path().join("layout"),
-        "v1",
-        &[LayerSource::Dir(realm.rootfs.clone()), LayerSource::Dir(extras)],
-        &ImageConfig::default(),
-    );
+    let oci = base_image(&realm, tmp.path());
     let rec = built(&realm, "withext4", &oci, true).await;
     let ext4 = PathBuf::from(rec["ext4"].as_str().unwrap_or_else(|| panic!("no ext4 image in the record: {rec}")));
     assert!(ext4.is_file(), "{}: {rec}", ext4.display());
@@ -861,14 +860,7 @@ async fn an_s3_store_holds_the_blobs_and_templates_still_run() {
     let env: Vec<(&str, &str)> = keys.iter().map(|k| (*k, s3.var(k))).collect();
     let realm = Realm::start_with(&["--store", "s3://tartarus/tartarus-test"], &env).await;
 
-    let extras = tmp.path().join("extras");
-    extras_tree(&extras);
-    let (oci, _) = image(
-        &tmp.path().join("layout"),
-        "v1",
-        &[LayerSource::Dir(realm.rootfs.clone()), LayerSource::Dir(extras)],
-        &ImageConfig::default(),
-    );
+    let oci = base_image(&realm, tmp.path());
     let rec = built(&realm, "ins3", &oci, true).await;
     let bucket = s3_dir.join("data/tartarus/tartarus-test");
     for d in blobs_of(&rec) {
@@ -909,14 +901,7 @@ async fn a_second_build_of_an_image_reuses_it() {
     }
     let realm = Realm::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let extras = tmp.path().join("extras");
-    extras_tree(&extras);
-    let (oci, _) = image(
-        &tmp.path().join("layout"),
-        "v1",
-        &[LayerSource::Dir(realm.rootfs.clone()), LayerSource::Dir(extras)],
-        &ImageConfig::default(),
-    );
+    let oci = base_image(&realm, tmp.path());
     let first = built(&realm, "first", &oci, false).await;
 
     let req = realm
