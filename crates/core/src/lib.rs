@@ -10,8 +10,10 @@
 //! - [`template`] — templates: root filesystems souls start from.
 //! - [`output`] — stdout/stderr chunks and exit information, for logs and `exec`.
 //! - [`node`] — what a node (Hecatoncheir) reports about itself to Hades.
+//! - [`failure`] — Cocytus's entries: failures with sandbox, node, reason and time.
 #![warn(missing_docs)]
 
+pub mod failure;
 pub mod id;
 pub mod node;
 pub mod output;
@@ -21,7 +23,8 @@ pub mod template;
 pub mod verdict;
 
 pub use id::{InvalidId, SandboxId};
-pub use node::NodeInfo;
+pub use failure::Failure;
+pub use node::{Capacity, NodeInfo, NodeState};
 pub use output::{ExecRequest, ExitInfo, OutputEvent, Stream};
 pub use sandbox::{KillReason, SandboxRecord, SandboxState, SandboxStats};
 pub use soul::{

@@ -87,6 +87,17 @@ pub enum KillReason {
 }
 
 impl KillReason {
+    /// The reason's name, as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::OutOfMemory => "out_of_memory",
+            Self::Idle => "idle",
+            Self::DiskLimit => "disk_limit",
+            Self::Requested => "requested",
+        }
+    }
+
     /// A sentence for humans.
     pub fn describe(self) -> &'static str {
         match self {
@@ -150,6 +161,16 @@ pub struct SandboxRecord {
     /// Resource use, last measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<SandboxStats>,
+    /// Times the Moirai placed it on a node (more than one: a node failed before it started).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// While queued: why no node has taken it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl SandboxRecord {
@@ -168,6 +189,8 @@ impl SandboxRecord {
             kill_reason: None,
             error: None,
             stats: None,
+            attempts: 0,
+            pending_reason: None,
         }
     }
 

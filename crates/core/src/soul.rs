@@ -156,6 +156,9 @@ pub struct SoulRequest {
     /// Heat hint for Phlegethon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heat: Option<HeatLevel>,
+    /// Node labels the sandbox must run on (all of them), e.g. `{"zone": "a"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
 }
 
 /// A validated soul: every field within limits. Built only by [`SoulRequest::validate`].
@@ -184,6 +187,9 @@ pub struct SandboxSpec {
     pub tenant: String,
     /// Heat class.
     pub heat: HeatLevel,
+    /// Node labels required of the node it runs on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
 }
 
 impl SandboxSpec {
@@ -296,6 +302,24 @@ pub fn validate_workdir(field: &str, dir: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// Checks a label map: bounded count, keys of `[A-Za-z0-9._/-]{1,63}`, values without NUL.
+pub fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    if labels.len() > limits::LABELS {
+        return Err(bad(field, format!("at most {} labels", limits::LABELS)));
+    }
+    for (k, v) in labels {
+        let key_ok =
+            (1..=63).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+        if !key_ok {
+            return Err(bad(format!("{field}.{k}"), "keys are 1-63 of letters, digits, . _ - /"));
+        }
+        if v.len() > 253 || v.contains('\0') {
+            return Err(bad(format!("{field}.{k}"), "values are at most 253 bytes without NUL"));
+        }
+    }
+    Ok(())
+}
+
 impl SoulRequest {
     /// Validates the request for `tenant`, filling defaults.
     pub fn validate(self, tenant: &str) -> Result<SandboxSpec, SpecError> {
@@ -336,19 +360,8 @@ impl SoulRequest {
             (None, Some(d)) if d.0.is_zero() => return Err(bad("idle_timeout", "must be more than 0")),
             (None, d) => Some(d.map_or(limits::DEFAULT_IDLE, |d| d.0)),
         };
-        if self.labels.len() > limits::LABELS {
-            return Err(bad("labels", format!("at most {} labels", limits::LABELS)));
-        }
-        for (k, v) in &self.labels {
-            let key_ok =
-                (1..=63).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
-            if !key_ok {
-                return Err(bad(format!("labels.{k}"), "keys are 1-63 of letters, digits, . _ - /"));
-            }
-            if v.len() > 253 || v.contains('\0') {
-                return Err(bad(format!("labels.{k}"), "values are at most 253 bytes without NUL"));
-            }
-        }
+        validate_labels("labels", &self.labels)?;
+        validate_labels("node_selector", &self.node_selector)?;
         Ok(SandboxSpec {
             template,
             command: self.command,
@@ -361,6 +374,7 @@ impl SoulRequest {
             labels: self.labels,
             tenant: tenant.to_owned(),
             heat: self.heat.unwrap_or_default(),
+            node_selector: self.node_selector,
         })
     }
 }

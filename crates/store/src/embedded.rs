@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
-use tartarus_core::{NodeInfo, SandboxId, SandboxRecord, TemplateName, TemplateRecord};
+use tartarus_core::{Failure, NodeInfo, SandboxId, SandboxRecord, TemplateName, TemplateRecord};
 use tokio::sync::Notify;
 
-use crate::{Acheron, Delivery, Hades, Mutation, SandboxFilter, SandboxStore, StoreError, TemplateStore};
+use crate::{
+    Acheron, Cocytus, Delivery, FailureFilter, Hades, Mutation, SandboxFilter, SandboxStore, StoreError, TemplateStore,
+};
 
 const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
 const TEMPLATES: TableDefinition<&str, &[u8]> = TableDefinition::new("templates");
@@ -21,6 +23,13 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const ACHERON: TableDefinition<u64, &str> = TableDefinition::new("acheron");
 /// Index of the sandboxes not yet ended: id → tenant.
 const LIVE: TableDefinition<&str, &str> = TableDefinition::new("live");
+/// Nodes taken out of placement by `tartarus node drain`.
+const DRAINING: TableDefinition<&str, ()> = TableDefinition::new("draining");
+/// Cocytus, in order of arrival.
+const COCYTUS: TableDefinition<u64, &[u8]> = TableDefinition::new("cocytus");
+
+/// Most failures Cocytus keeps; the oldest go first.
+const COCYTUS_KEEP: u64 = 100_000;
 
 /// All state in one redb file.
 pub struct EmbeddedStore {
@@ -54,6 +63,8 @@ impl EmbeddedStore {
             }
             tx.open_table(LIVE).map_err(|e| db_err("create tables")(e.into()))?;
             tx.open_table(ACHERON).map_err(|e| db_err("create tables")(e.into()))?;
+            tx.open_table(DRAINING).map_err(|e| db_err("create tables")(e.into()))?;
+            tx.open_table(COCYTUS).map_err(|e| db_err("create tables")(e.into()))?;
         }
         tx.commit().map_err(|e| db_err("create tables")(e.into()))?;
         Ok(Self { db: Arc::new(db), in_flight: Default::default(), arrivals: Default::default() })
@@ -112,7 +123,7 @@ impl EmbeddedStore {
 
 #[async_trait]
 impl SandboxStore for EmbeddedStore {
-    async fn insert(&self, rec: &SandboxRecord) -> Result<(), StoreError> {
+    async fn insert(&self, rec: &SandboxRecord, max_live: Option<usize>) -> Result<(), StoreError> {
         let (key, bytes, tenant, live) =
             (rec.id.to_string(), encode(rec), rec.spec.tenant.clone(), !rec.state.is_terminal());
         self.blocking(move |db| {
@@ -122,9 +133,15 @@ impl SandboxStore for EmbeddedStore {
                 if t.get(key.as_str()).map_err(|e| db_err("insert")(e.into()))?.is_some() {
                     return Err(StoreError::Exists(key));
                 }
+                let mut l = tx.open_table(LIVE).map_err(|e| db_err("insert")(e.into()))?;
+                if let Some(max) = max_live {
+                    let n = live_of(&l, &tenant)?;
+                    if n >= max {
+                        return Err(StoreError::QuotaExceeded { tenant, live: n, max });
+                    }
+                }
                 t.insert(key.as_str(), bytes.as_slice()).map_err(|e| db_err("insert")(e.into()))?;
                 if live {
-                    let mut l = tx.open_table(LIVE).map_err(|e| db_err("insert")(e.into()))?;
                     l.insert(key.as_str(), tenant.as_str()).map_err(|e| db_err("insert")(e.into()))?;
                 }
             }
@@ -138,12 +155,7 @@ impl SandboxStore for EmbeddedStore {
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
             let t = tx.open_table(LIVE).map_err(|e| db_err("read")(e.into()))?;
-            let mut n = 0;
-            for row in t.iter().map_err(|e| db_err("read")(e.into()))? {
-                let (_, v) = row.map_err(|e| db_err("read")(e.into()))?;
-                n += usize::from(v.value() == tenant);
-            }
-            Ok(n)
+            live_of(&t, &tenant)
         })
         .await
     }
@@ -167,7 +179,7 @@ impl SandboxStore for EmbeddedStore {
         .await
     }
 
-    async fn update(&self, id: &SandboxId, change: Mutation) -> Result<Option<SandboxRecord>, StoreError> {
+    async fn update(&self, id: &SandboxId, mut change: Mutation) -> Result<Option<SandboxRecord>, StoreError> {
         let key = id.to_string();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(|e| db_err("update")(e.into()))?;
@@ -187,6 +199,10 @@ impl SandboxStore for EmbeddedStore {
                 if rec.state.is_terminal() {
                     let mut l = tx.open_table(LIVE).map_err(|e| db_err("update")(e.into()))?;
                     l.remove(key.as_str()).map_err(|e| db_err("update")(e.into()))?;
+                    if let Some(f) = Failure::of(&rec) {
+                        let mut c = tx.open_table(COCYTUS).map_err(|e| db_err("update")(e.into()))?;
+                        append_failure(&mut c, &f)?;
+                    }
                 }
                 rec
             };
@@ -237,13 +253,101 @@ impl Hades for EmbeddedStore {
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        self.blocking(|db| Self::all(db, NODES)).await
+        self.blocking(|db| {
+            let mut nodes: Vec<NodeInfo> = Self::all(db, NODES)?;
+            let tx = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
+            let d = tx.open_table(DRAINING).map_err(|e| db_err("read")(e.into()))?;
+            for n in &mut nodes {
+                n.draining = d.get(n.name.as_str()).map_err(|e| db_err("read")(e.into()))?.is_some();
+            }
+            Ok(nodes)
+        })
+        .await
+    }
+
+    async fn set_draining(&self, name: &str, draining: bool) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(|e| db_err("drain")(e.into()))?;
+            let known = {
+                let nodes = tx.open_table(NODES).map_err(|e| db_err("drain")(e.into()))?;
+                let known = nodes.get(name.as_str()).map_err(|e| db_err("drain")(e.into()))?.is_some();
+                let mut d = tx.open_table(DRAINING).map_err(|e| db_err("drain")(e.into()))?;
+                if known && draining {
+                    d.insert(name.as_str(), ()).map_err(|e| db_err("drain")(e.into()))?;
+                } else {
+                    d.remove(name.as_str()).map_err(|e| db_err("drain")(e.into()))?;
+                }
+                known
+            };
+            tx.commit().map_err(|e| db_err("drain")(e.into()))?;
+            Ok(known)
+        })
+        .await
+    }
+}
+
+/// Live sandboxes of `tenant` in the live index.
+fn live_of(t: &impl ReadableTable<&'static str, &'static str>, tenant: &str) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for row in t.iter().map_err(|e| db_err("read")(e.into()))? {
+        let (_, v) = row.map_err(|e| db_err("read")(e.into()))?;
+        n += usize::from(v.value() == tenant);
+    }
+    Ok(n)
+}
+
+/// Appends to Cocytus, dropping the oldest entry beyond [`COCYTUS_KEEP`].
+fn append_failure(c: &mut redb::Table<u64, &[u8]>, f: &Failure) -> Result<(), StoreError> {
+    let last = c.last().map_err(|e| db_err("cocytus")(e.into()))?.map(|(k, _)| k.value());
+    let seq = last.map_or(1, |l| l + 1);
+    c.insert(seq, encode(f).as_slice()).map_err(|e| db_err("cocytus")(e.into()))?;
+    if seq > COCYTUS_KEEP {
+        c.remove(seq - COCYTUS_KEEP).map_err(|e| db_err("cocytus")(e.into()))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Cocytus for EmbeddedStore {
+    async fn report(&self, failure: &Failure) -> Result<(), StoreError> {
+        let f = failure.clone();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(|e| db_err("cocytus")(e.into()))?;
+            {
+                let mut c = tx.open_table(COCYTUS).map_err(|e| db_err("cocytus")(e.into()))?;
+                append_failure(&mut c, &f)?;
+            }
+            tx.commit().map_err(|e| db_err("cocytus")(e.into()))
+        })
+        .await
+    }
+
+    async fn failures(&self, filter: &FailureFilter) -> Result<Vec<Failure>, StoreError> {
+        let filter = filter.clone();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
+            let c = tx.open_table(COCYTUS).map_err(|e| db_err("read")(e.into()))?;
+            let mut out = Vec::new();
+            for row in c.iter().map_err(|e| db_err("read")(e.into()))?.rev() {
+                let (k, v) = row.map_err(|e| db_err("read")(e.into()))?;
+                let f: Failure = decode(&format!("cocytus/{}", k.value()), v.value())?;
+                if filter.matches(&f) {
+                    out.push(f);
+                    if filter.limit.is_some_and(|n| out.len() >= n) {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl Acheron for EmbeddedStore {
-    async fn push(&self, id: &SandboxId) -> Result<u64, StoreError> {
+    async fn push(&self, id: &SandboxId) -> Result<String, StoreError> {
         let id = id.to_string();
         let seq = self
             .blocking(move |db| {
@@ -260,7 +364,7 @@ impl Acheron for EmbeddedStore {
             })
             .await?;
         self.arrivals.notify_one();
-        Ok(seq)
+        Ok(seq.to_string())
     }
 
     async fn pull(&self) -> Result<Delivery, StoreError> {
@@ -281,7 +385,7 @@ impl Acheron for EmbeddedStore {
                                 key: format!("acheron/{}", k.value()),
                                 source: serde::de::Error::custom(e),
                             })?;
-                            return Ok(Some(Delivery { seq: k.value(), id }));
+                            return Ok(Some(Delivery { receipt: k.value().to_string(), id }));
                         }
                     }
                     Ok(None)
@@ -294,7 +398,8 @@ impl Acheron for EmbeddedStore {
         }
     }
 
-    async fn ack(&self, seq: u64) -> Result<(), StoreError> {
+    async fn ack(&self, receipt: &str) -> Result<(), StoreError> {
+        let seq = parse_receipt(receipt)?;
         let in_flight = self.in_flight.clone();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(|e| db_err("ack")(e.into()))?;
@@ -308,7 +413,8 @@ impl Acheron for EmbeddedStore {
         .await
     }
 
-    async fn nack(&self, seq: u64) -> Result<(), StoreError> {
+    async fn nack(&self, receipt: &str) -> Result<(), StoreError> {
+        let seq = parse_receipt(receipt)?;
         self.in_flight.lock().expect("lock").remove(&seq);
         self.arrivals.notify_one();
         Ok(())
@@ -322,6 +428,27 @@ impl Acheron for EmbeddedStore {
         })
         .await
     }
+
+    async fn entries(&self) -> Result<Vec<SandboxId>, StoreError> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
+            let t = tx.open_table(ACHERON).map_err(|e| db_err("read")(e.into()))?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(|e| db_err("read")(e.into()))? {
+                let (_, v) = row.map_err(|e| db_err("read")(e.into()))?;
+                out.extend(SandboxId::parse(v.value()).ok());
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn parse_receipt(receipt: &str) -> Result<u64, StoreError> {
+    receipt.parse().map_err(|_| StoreError::Corrupt {
+        key: format!("acheron/{receipt}"),
+        source: serde::de::Error::custom("not a receipt of this queue"),
+    })
 }
 
 #[cfg(test)]
@@ -340,14 +467,14 @@ mod tests {
             s.push(&b).await.unwrap();
             let d = s.pull().await.unwrap();
             assert_eq!(d.id, a);
-            s.ack(d.seq).await.unwrap();
+            s.ack(&d.receipt).await.unwrap();
             assert_eq!(s.pull().await.unwrap().id, b); // taken, never acknowledged
         }
         let s = EmbeddedStore::open(&path).unwrap();
         assert_eq!(s.depth().await.unwrap(), 1);
         let d = s.pull().await.unwrap();
         assert_eq!(d.id, b);
-        s.nack(d.seq).await.unwrap();
+        s.nack(&d.receipt).await.unwrap();
         assert_eq!(s.pull().await.unwrap(), d, "a nacked entry is delivered again");
     }
 
@@ -360,12 +487,25 @@ mod tests {
         let verdict = Verdict { principal: "p".into(), rulings: vec![], judged_at: chrono::Utc::now() };
         let a = SandboxRecord::admitted(SandboxId::generate(), spec.clone(), verdict.clone());
         let b = SandboxRecord::admitted(SandboxId::generate(), spec, verdict);
-        s.insert(&a).await.unwrap();
-        s.insert(&b).await.unwrap();
-        assert!(matches!(s.insert(&a).await, Err(StoreError::Exists(_))));
+        s.insert(&a, Some(2)).await.unwrap();
+        s.insert(&b, Some(2)).await.unwrap();
+        assert!(matches!(s.insert(&a, None).await, Err(StoreError::Exists(_))));
+        let c = SandboxRecord::admitted(SandboxId::generate(), a.spec.clone(), a.verdict.clone());
+        assert!(matches!(s.insert(&c, Some(2)).await, Err(StoreError::QuotaExceeded { live: 2, max: 2, .. })));
         assert_eq!((s.count_live("acme").await.unwrap(), s.count_live("other").await.unwrap()), (2, 0));
         s.update(&a.id, Box::new(|r| r.state = SandboxState::Exited)).await.unwrap();
         assert_eq!(s.count_live("acme").await.unwrap(), 1);
+        s.insert(&c, Some(2)).await.unwrap();
+        // Ending as a failure lands in Cocytus in the same step; exiting does not.
+        s.update(&c.id, Box::new(|r| {
+            r.state = SandboxState::Failed;
+            r.error = Some("boom".into());
+        }))
+        .await
+        .unwrap();
+        let failures = s.failures(&FailureFilter::default()).await.unwrap();
+        assert_eq!(failures.len(), 1);
+        assert_eq!((failures[0].sandbox.clone(), failures[0].kind.as_str()), (c.id.clone(), "failed"));
         // A terminal record never changes again.
         let after = s.update(&a.id, Box::new(|r| r.state = SandboxState::Running)).await.unwrap().unwrap();
         assert_eq!(after.state, SandboxState::Exited);
