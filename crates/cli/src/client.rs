@@ -17,7 +17,8 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tartarus_core::{
-    ExecRequest, ExitInfo, OutputEvent, SandboxId, SandboxRecord, SandboxState, SoulRequest, Stream, TemplateRecord,
+    ExecRequest, ExitInfo, Failure, NodeInfo, NodeState, OutputEvent, SandboxId, SandboxRecord, SandboxState,
+    SoulRequest, Stream, TemplateRecord,
 };
 
 use crate::commands::Global;
@@ -107,6 +108,38 @@ impl ListFilter {
 #[derive(Deserialize)]
 struct SandboxList {
     sandboxes: Vec<SandboxRecord>,
+}
+
+/// A node as `GET /v1/nodes` shows it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct NodeView {
+    /// Registration and last heartbeat.
+    #[serde(flatten)]
+    pub info: NodeInfo,
+    /// Health.
+    pub state: NodeState,
+    /// Largest share of any resource in use.
+    pub load: f64,
+}
+
+#[derive(Deserialize)]
+struct NodeList {
+    nodes: Vec<NodeView>,
+}
+
+#[derive(Deserialize)]
+struct FailureList {
+    failures: Vec<Failure>,
+}
+
+/// `s` safe inside one URL path segment.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -206,6 +239,30 @@ impl Client {
     /// `GET /v1/sandboxes/{id}`.
     pub async fn get(&self, id: &SandboxId) -> anyhow::Result<SandboxRecord> {
         self.json(self.request(Method::GET, &format!("/v1/sandboxes/{id}")), "sandbox record").await
+    }
+
+    /// `GET /v1/nodes`: the nodes Hades knows, with their state and load.
+    pub async fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
+        let list: NodeList = self.json(self.request(Method::GET, "/v1/nodes"), "node list").await?;
+        Ok(list.nodes)
+    }
+
+    /// `POST /v1/nodes/{name}/drain` (or `undrain`).
+    pub async fn drain(&self, name: &str, drain: bool) -> anyhow::Result<NodeView> {
+        let verb = if drain { "drain" } else { "undrain" };
+        let path = format!("/v1/nodes/{}/{verb}", urlencode(name));
+        self.json(self.request(Method::POST, &path), "node").await
+    }
+
+    /// `GET /v1/failures`: Cocytus, newest first.
+    pub async fn failures(&self, query: &[(&str, String)]) -> anyhow::Result<Vec<Failure>> {
+        let list: FailureList = self.json(self.request(Method::GET, "/v1/failures").query(query), "failure list").await?;
+        Ok(list.failures)
+    }
+
+    /// `POST /v1/admin/reconcile`: the realm's report of what it repaired.
+    pub async fn reconcile(&self) -> anyhow::Result<serde_json::Value> {
+        self.json(self.request(Method::POST, "/v1/admin/reconcile"), "reconciliation report").await
     }
 
     /// `DELETE /v1/sandboxes/{id}`: kills it; returns the final record once it has ended.

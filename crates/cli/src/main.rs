@@ -29,6 +29,10 @@ struct Cli {
 enum Command {
     /// Run the whole realm in this process: API, judges, queue, scheduler and node agent.
     Up(commands::up::Args),
+    /// Run the control plane of a realm of many nodes, on Redis.
+    Olympus(commands::olympus::Args),
+    /// Run a node agent of a realm of many nodes.
+    Agent(commands::agent::Args),
     /// Run a command in a new sandbox and stream its output; exits with the sandbox's code.
     Run(commands::run::Args),
     /// List sandboxes.
@@ -39,6 +43,13 @@ enum Command {
     Exec(commands::exec::Args),
     /// Kill a sandbox.
     Kill(commands::kill::Args),
+    /// List the realm's nodes, or drain one.
+    #[command(subcommand)]
+    Node(commands::node::Command),
+    /// Show failures (Cocytus): launch errors, lost sandboxes, enforcement kills.
+    Failures(commands::failures::Args),
+    /// Have Olympus rebuild its view from the agents and repair records.
+    Reconcile(commands::reconcile::Args),
     /// Manage templates (root filesystems sandboxes start from).
     #[command(subcommand)]
     Template(commands::template::Command),
@@ -63,6 +74,11 @@ fn main() {
         let g = cli.global;
         let result = match cli.command {
             Command::Up(a) => commands::up::execute(a, &g).await,
+            Command::Olympus(a) => commands::olympus::execute(a, &g).await,
+            Command::Agent(a) => commands::agent::execute(a, &g).await,
+            Command::Node(c) => commands::node::execute(c, &g).await,
+            Command::Failures(a) => commands::failures::execute(a, &g).await,
+            Command::Reconcile(a) => commands::reconcile::execute(a, &g).await,
             Command::Run(a) => commands::run::execute(a, &g).await,
             Command::Ps(a) => commands::ps::execute(a, &g).await,
             Command::Logs(a) => commands::logs::execute(a, &g).await,

@@ -49,6 +49,44 @@ pub enum OutputEvent {
     Exit(ExitInfo),
 }
 
+/// One output event as a line of JSON, for streams between processes (agent → Olympus):
+/// `{"stdout":"<base64>"}`, `{"stderr":"<base64>"}`, or `{"exit":{…}}`. Bytes stay bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WireEvent {
+    Stdout(String),
+    Stderr(String),
+    Exit(ExitInfo),
+}
+
+impl OutputEvent {
+    /// The event as one line of JSON (no trailing newline).
+    pub fn to_wire(&self) -> String {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let w = match self {
+            OutputEvent::Output(Stream::Stdout, b) => WireEvent::Stdout(b64(b)),
+            OutputEvent::Output(Stream::Stderr, b) => WireEvent::Stderr(b64(b)),
+            OutputEvent::Exit(e) => WireEvent::Exit(e.clone()),
+        };
+        serde_json::to_string(&w).expect("wire events serialize")
+    }
+
+    /// Parses one line written by [`OutputEvent::to_wire`].
+    pub fn from_wire(line: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let w: WireEvent = serde_json::from_str(line).map_err(|e| format!("bad output event: {e}"))?;
+        let bytes = |s: &str| {
+            base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("bad output bytes: {e}"))
+        };
+        Ok(match w {
+            WireEvent::Stdout(s) => OutputEvent::Output(Stream::Stdout, bytes(&s)?),
+            WireEvent::Stderr(s) => OutputEvent::Output(Stream::Stderr, bytes(&s)?),
+            WireEvent::Exit(e) => OutputEvent::Exit(e),
+        })
+    }
+}
+
 /// A further command to run in a running sandbox. Untrusted until validated.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,5 +114,25 @@ impl ExecRequest {
             validate_workdir("workdir", w)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_events_round_trip_bytes_and_exits() {
+        let events = [
+            OutputEvent::Output(Stream::Stdout, vec![0, 0xff, b'\n', b'a']),
+            OutputEvent::Output(Stream::Stderr, b"oops".to_vec()),
+            OutputEvent::Exit(ExitInfo { state: SandboxState::Exited, exit_code: Some(3), kill_reason: None, error: None }),
+        ];
+        for e in events {
+            let line = e.to_wire();
+            assert!(!line.contains('\n'));
+            assert_eq!(OutputEvent::from_wire(&line).unwrap(), e);
+        }
+        assert!(OutputEvent::from_wire("{\"stdout\":\"***\"}").is_err());
     }
 }

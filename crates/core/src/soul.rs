@@ -159,6 +159,10 @@ pub struct SoulRequest {
     /// Node labels the sandbox must run on (all of them), e.g. `{"zone": "a"}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// The isolation runtime: `gvisor` (the default), `qemu` or `firecracker`; only nodes
+    /// offering it are considered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// A validated soul: every field within limits. Built only by [`SoulRequest::validate`].
@@ -190,6 +194,16 @@ pub struct SandboxSpec {
     /// Node labels required of the node it runs on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// The isolation runtime.
+    #[serde(default = "default_runtime")]
+    pub runtime: String,
+}
+
+/// The runtimes a request may name.
+pub const RUNTIMES: [&str; 3] = ["gvisor", "qemu", "firecracker"];
+
+fn default_runtime() -> String {
+    RUNTIMES[0].into()
 }
 
 impl SandboxSpec {
@@ -362,6 +376,11 @@ impl SoulRequest {
         };
         validate_labels("labels", &self.labels)?;
         validate_labels("node_selector", &self.node_selector)?;
+        let runtime = match self.runtime.as_deref().map(str::trim) {
+            None | Some("") => default_runtime(),
+            Some(r) if RUNTIMES.contains(&r) => r.to_owned(),
+            Some(r) => return Err(bad("runtime", format!("unknown runtime {r:?} (one of {})", RUNTIMES.join(", ")))),
+        };
         Ok(SandboxSpec {
             template,
             command: self.command,
@@ -375,6 +394,7 @@ impl SoulRequest {
             tenant: tenant.to_owned(),
             heat: self.heat.unwrap_or_default(),
             node_selector: self.node_selector,
+            runtime,
         })
     }
 }

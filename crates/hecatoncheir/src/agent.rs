@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tartarus_core::{
-    ExecRequest, ExitInfo, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SandboxSpec, SandboxState,
-    SandboxStats, Stream, TemplateRecord,
+    Capacity, ExecRequest, ExitInfo, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SandboxSpec,
+    SandboxState, SandboxStats, Stream, TemplateRecord,
 };
 use tartarus_store::{Events, SandboxFilter, State, StoreError};
 use tokio::io::AsyncReadExt;
@@ -56,6 +56,15 @@ pub struct AgentConfig {
     pub vcpus: u32,
     /// Memory offered to sandboxes, MiB.
     pub memory_mib: u64,
+    /// Most sandboxes at once.
+    pub slots: u32,
+    /// Labels Lachesis matches requests' node selectors against.
+    pub labels: BTreeMap<String, String>,
+    /// Base URL of this agent's API, as Olympus reaches it (`None` inside `tartarus up`).
+    pub address: Option<String>,
+    /// FOR BENCHMARKS OF THE CONTROL PLANE ONLY: start no sandbox at all; record each as running,
+    /// then as exited with code 0 after this long. Never used by tests or real realms.
+    pub simulate_launch: Option<Duration>,
 }
 
 /// A request the agent could not carry out.
@@ -100,6 +109,7 @@ struct Live {
     kill: mpsc::UnboundedSender<KillReason>,
     activity: Activity,
     settings: Arc<Settings>,
+    takes: Capacity,
 }
 
 /// What a sandbox's processes run with: the request over its template's image defaults.
@@ -178,6 +188,9 @@ impl Drop for ExecGuard {
     }
 }
 
+/// Held while a sandbox is being launched, so a second launch of it waits for the first.
+type LaunchGate = Arc<tokio::sync::Mutex<()>>;
+
 /// The node agent.
 pub struct Hecatoncheir {
     cfg: AgentConfig,
@@ -185,13 +198,26 @@ pub struct Hecatoncheir {
     state: State,
     events: Events,
     live: Mutex<HashMap<SandboxId, Live>>,
+    /// Launches under way: one gate per sandbox (a second launch of it waits for the first),
+    /// and what each will take once running.
+    launching: Mutex<HashMap<SandboxId, (LaunchGate, Capacity)>>,
     exec_seq: std::sync::atomic::AtomicU64,
+    started_at: DateTime<Utc>,
 }
 
 impl Hecatoncheir {
     /// An agent running sandboxes with `runtime`, recording into `state`.
     pub fn new(cfg: AgentConfig, runtime: Arc<dyn Runtime>, state: State, events: Events) -> Arc<Self> {
-        Arc::new(Self { cfg, runtime, state, events, live: Mutex::default(), exec_seq: Default::default() })
+        Arc::new(Self {
+            cfg,
+            runtime,
+            state,
+            events,
+            live: Mutex::default(),
+            launching: Mutex::default(),
+            exec_seq: Default::default(),
+            started_at: Utc::now(),
+        })
     }
 
     /// The runtime in use.
@@ -214,27 +240,105 @@ impl Hecatoncheir {
         SandboxDir::new(&self.cfg.sandboxes_dir, id)
     }
 
-    /// What this node tells Hades.
+    /// The sandboxes this node holds now: running, paused, or being launched.
+    pub fn held(&self) -> Vec<SandboxId> {
+        let mut ids: Vec<SandboxId> = self.live.lock().expect("lock").keys().cloned().collect();
+        ids.extend(self.launching.lock().expect("lock").keys().cloned());
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// What this node tells Hades: capacity, and what its sandboxes (launching ones included) take.
     pub fn node_info(&self) -> NodeInfo {
+        let mut used = Capacity::default();
+        let live = self.live.lock().expect("lock");
+        for l in live.values() {
+            used = used.plus(l.takes);
+        }
+        for (id, (_, takes)) in self.launching.lock().expect("lock").iter() {
+            if !live.contains_key(id) {
+                used = used.plus(*takes);
+            }
+        }
         NodeInfo {
             name: self.cfg.node_name.clone(),
-            runtime: self.runtime.name().into(),
+            address: self.cfg.address.clone(),
+            runtimes: vec![self.runtime.name().into()],
             runtime_version: self.runtime.describe(),
-            vcpus: self.cfg.vcpus,
-            memory_mib: self.cfg.memory_mib,
-            running: self.running() as u32,
-            labels: Default::default(),
+            capacity: Capacity { vcpus: self.cfg.vcpus, memory_mib: self.cfg.memory_mib, slots: self.cfg.slots },
+            used,
+            labels: self.cfg.labels.clone(),
+            started_at: self.started_at,
             heartbeat_at: Utc::now(),
+            draining: false,
         }
     }
 
-    /// Changes a record and announces the change.
+    /// Streams sandbox `id`'s logs from this node's disk.
+    pub fn logs(&self, id: &SandboxId, follow: bool) -> mpsc::Receiver<OutputEvent> {
+        crate::hermes::logs(self.state.sandboxes.clone(), self.events.clone(), self.dir(id), id.clone(), follow)
+    }
+
+    /// Registers this node in Hades and keeps its heartbeat fresh, every `every`; now and then
+    /// also lets go of sandboxes whose records say they are no longer this node's (marked lost
+    /// while this node was unreachable, or placed elsewhere).
+    pub async fn heartbeats(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        let mut failing = false;
+        let mut beats = 0u64;
+        loop {
+            tick.tick().await;
+            match self.state.hades.heartbeat(&self.node_info()).await {
+                Ok(()) if failing => {
+                    info!("heartbeats reach Hades again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    warn!(error = %error_chain(&e), "heartbeat failed; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            beats += 1;
+            if beats.is_multiple_of(5) {
+                self.release_disowned().await;
+            }
+        }
+    }
+
+    /// Kills running sandboxes whose records ended or moved elsewhere without this node.
+    pub async fn release_disowned(&self) {
+        let held: Vec<SandboxId> = self.live.lock().expect("lock").keys().cloned().collect();
+        for id in held {
+            let disowned = match self.state.sandboxes.get(&id).await {
+                Ok(Some(r)) => r.state.is_terminal() || r.node.as_deref() != Some(self.name()),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if disowned {
+                warn!(sandbox = %id, "its record no longer places it on this node (marked lost while unreachable?); killing it");
+                self.kill(&id, KillReason::Requested);
+            }
+        }
+    }
+
+    /// Changes a record placed on this node and announces the change. A record placed elsewhere
+    /// meanwhile (requeued by Olympus while this node was unreachable) is left as it is: the
+    /// returned record says where it went.
     async fn record(
         &self,
         id: &SandboxId,
-        change: impl FnOnce(&mut SandboxRecord) + Send + 'static,
+        mut change: impl FnMut(&mut SandboxRecord) + Send + 'static,
     ) -> Result<Option<SandboxRecord>, StoreError> {
-        let rec = self.state.sandboxes.update(id, Box::new(change)).await?;
+        let me = self.cfg.node_name.clone();
+        let guarded = move |r: &mut SandboxRecord| {
+            if r.node.as_deref() == Some(me.as_str()) {
+                change(r);
+            }
+        };
+        let rec = self.state.sandboxes.update(id, Box::new(guarded)).await?;
         if let Some(r) = &rec {
             self.events.publish(r);
         }
@@ -245,7 +349,7 @@ impl Hecatoncheir {
         warn!(sandbox = %id, %error, "sandbox failed");
         self.record(id, move |r| {
             r.state = SandboxState::Failed;
-            r.error = Some(error);
+            r.error = Some(error.clone());
             r.ended_at = Some(Utc::now());
         })
         .await
@@ -253,12 +357,39 @@ impl Hecatoncheir {
     }
 
     /// Starts sandbox `id` (its record placed on this node). Returns once it runs, or once
-    /// its failure is recorded; the error is only for failures to record.
+    /// its failure is recorded; the error is only for failures to record. Idempotent: a launch
+    /// of a sandbox already running here, or being launched, waits for that one and returns.
     #[instrument(skip(self), fields(sandbox = %id))]
     pub async fn launch(self: &Arc<Self>, id: &SandboxId) -> Result<(), AgentError> {
+        let gate = {
+            let mut launching = self.launching.lock().expect("lock");
+            launching.entry(id.clone()).or_insert_with(|| (Arc::default(), Capacity::default())).0.clone()
+        };
+        let result = {
+            let _turn = gate.lock().await;
+            self.launch_once(id).await
+        };
+        let mut launching = self.launching.lock().expect("lock");
+        if launching.get(id).is_some_and(|(g, _)| Arc::ptr_eq(g, &gate)) && Arc::strong_count(&gate) <= 2 {
+            launching.remove(id);
+        }
+        result
+    }
+
+    async fn launch_once(self: &Arc<Self>, id: &SandboxId) -> Result<(), AgentError> {
+        if self.live.lock().expect("lock").contains_key(id) {
+            return Ok(()); // delivered twice: already running here
+        }
         let rec = self.state.sandboxes.get(id).await?.ok_or_else(|| AgentError::NotFound(id.clone()))?;
-        if rec.state != SandboxState::Starting {
-            return Ok(()); // killed while queued, or delivered twice
+        if rec.state != SandboxState::Starting || rec.node.as_deref() != Some(self.name()) {
+            return Ok(()); // killed while queued, delivered twice, or placed elsewhere
+        }
+        let takes = Capacity::of_sandbox(rec.spec.resources.vcpus, rec.spec.resources.memory_mib);
+        if let Some(entry) = self.launching.lock().expect("lock").get_mut(id) {
+            entry.1 = takes;
+        }
+        if let Some(lasts) = self.cfg.simulate_launch {
+            return self.simulate(id, takes, lasts).await;
         }
         let spec = &rec.spec;
         let Some(template) = self.state.templates.template(&spec.template).await? else {
@@ -319,19 +450,73 @@ impl Hecatoncheir {
         }
         let (kill_tx, kill_rx) = mpsc::unbounded_channel();
         let activity = Activity::new();
-        let live = Live { kill: kill_tx, activity: activity.clone(), settings: Arc::new(settings) };
+        let live = Live { kill: kill_tx, activity: activity.clone(), settings: Arc::new(settings), takes };
         self.live.lock().expect("lock").insert(id.clone(), live);
-        let node = self.cfg.node_name.clone();
         let rec = self
             .record(id, move |r| {
-                r.state = SandboxState::Running;
-                r.node = Some(node);
-                r.started_at = Some(Utc::now());
+                if r.state == SandboxState::Starting {
+                    r.state = SandboxState::Running;
+                    r.started_at = Some(Utc::now());
+                }
             })
             .await?
-            .expect("record exists");
+            .ok_or_else(|| AgentError::NotFound(id.clone()))?;
+        if rec.state != SandboxState::Running || rec.node.as_deref() != Some(self.name()) {
+            // Killed, or given to another node, while it was starting here: it must not run.
+            warn!(state = rec.state.as_str(), node = ?rec.node, "sandbox is no longer this node's to run; stopping it");
+            self.live.lock().expect("lock").remove(id);
+            let _ = self.runtime.kill(id, libc::SIGKILL, true).await;
+            let _ = self.runtime.destroy(id).await;
+            let _ = dir.forget();
+            return Ok(());
+        }
         info!(pid = shim.pid(), "sandbox running");
         tokio::spawn(self.clone().supervise(rec, shim, kill_rx, activity));
+        Ok(())
+    }
+
+    /// The benchmark stand-in for a launch (see [`AgentConfig::simulate_launch`]): records the
+    /// sandbox as running, and after `lasts` (or a kill) as ended — nothing is started.
+    async fn simulate(self: &Arc<Self>, id: &SandboxId, takes: Capacity, lasts: Duration) -> Result<(), AgentError> {
+        let (kill_tx, mut kill_rx) = mpsc::unbounded_channel();
+        let settings = Settings { env: BTreeMap::new(), workdir: "/".into(), user: NOBODY };
+        let live = Live { kill: kill_tx, activity: Activity::new(), settings: Arc::new(settings), takes };
+        self.live.lock().expect("lock").insert(id.clone(), live);
+        let running = self
+            .record(id, |r| {
+                if r.state == SandboxState::Starting {
+                    r.state = SandboxState::Running;
+                    r.started_at = Some(Utc::now());
+                }
+            })
+            .await;
+        if !matches!(&running, Ok(Some(r)) if r.state == SandboxState::Running) {
+            self.live.lock().expect("lock").remove(id);
+            return running.map(drop).map_err(Into::into);
+        }
+        let (this, id) = (self.clone(), id.clone());
+        tokio::spawn(async move {
+            let reason = tokio::select! {
+                _ = tokio::time::sleep(lasts) => None,
+                r = kill_rx.recv() => r,
+            };
+            let _ = this
+                .record(&id, move |r| {
+                    r.ended_at = Some(Utc::now());
+                    match reason {
+                        None => {
+                            r.state = SandboxState::Exited;
+                            r.exit_code = Some(0);
+                        }
+                        Some(k) => {
+                            r.state = SandboxState::Killed;
+                            r.kill_reason = Some(k);
+                        }
+                    }
+                })
+                .await;
+            this.live.lock().expect("lock").remove(&id);
+        });
         Ok(())
     }
 
@@ -471,13 +656,11 @@ impl Hecatoncheir {
     pub async fn adopt(self: &Arc<Self>) -> Result<AdoptReport, AgentError> {
         let filter = SandboxFilter {
             states: vec![SandboxState::Starting, SandboxState::Running, SandboxState::Paused],
+            node: Some(self.cfg.node_name.clone()),
             ..Default::default()
         };
         let mut report = AdoptReport::default();
         for rec in self.state.sandboxes.list(&filter).await? {
-            if rec.node.as_deref().is_some_and(|n| n != self.cfg.node_name) {
-                continue;
-            }
             let id = rec.id.clone();
             let dir = self.dir(&id);
             let pid = std::fs::read_to_string(dir.pid_file()).ok().and_then(|p| p.trim().parse::<u32>().ok());
@@ -490,15 +673,15 @@ impl Hecatoncheir {
                         .and_then(|t| Settings::of(&rec.spec, &t).ok())
                         // Its template's settings cannot be read: later execs run as nobody, never root.
                         .unwrap_or_else(|| Settings { env: rec.spec.env.clone(), workdir: "/".into(), user: NOBODY });
-                    let live = Live { kill: kill_tx, activity: activity.clone(), settings: Arc::new(settings) };
+                    let takes = Capacity::of_sandbox(rec.spec.resources.vcpus, rec.spec.resources.memory_mib);
+                    let live =
+                        Live { kill: kill_tx, activity: activity.clone(), settings: Arc::new(settings), takes };
                     self.live.lock().expect("lock").insert(id.clone(), live);
                     info!(sandbox = %id, pid, "re-adopted running sandbox");
                     let rec = if rec.state == SandboxState::Starting {
                         // Started just before the restart, not yet recorded as running.
-                        let node = self.cfg.node_name.clone();
                         self.record(&id, move |r| {
                             r.state = SandboxState::Running;
-                            r.node = Some(node);
                             r.started_at.get_or_insert_with(Utc::now);
                         })
                         .await?
@@ -545,8 +728,10 @@ impl Hecatoncheir {
         Ok(report)
     }
 
-    /// Releases what ended sandboxes still hold (a stop between recording an end and releasing
-    /// it leaves their runtime state, cgroup and writable layer behind).
+    /// Releases what sandboxes that are no longer this node's still hold: ended ones (a stop
+    /// between recording an end and releasing it leaves their runtime state, cgroup and writable
+    /// layer behind), and ones whose records went elsewhere while this agent was away (requeued
+    /// or marked lost by Olympus) — those are killed, so no sandbox ever runs twice.
     async fn sweep(&self) {
         let Ok(entries) = std::fs::read_dir(&self.cfg.sandboxes_dir) else { return };
         for entry in entries.flatten() {
@@ -555,9 +740,13 @@ impl Hecatoncheir {
             if !dir.bundle().exists() && !dir.writable().exists() {
                 continue;
             }
-            let ended = matches!(self.state.sandboxes.get(&id).await, Ok(Some(r)) if r.state.is_terminal());
-            if ended && !self.live.lock().expect("lock").contains_key(&id) {
-                info!(sandbox = %id, "releasing what an ended sandbox still held");
+            let not_ours = match self.state.sandboxes.get(&id).await {
+                Ok(Some(r)) => r.state.is_terminal() || r.node.as_deref() != Some(self.name()),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if not_ours && !self.live.lock().expect("lock").contains_key(&id) {
+                info!(sandbox = %id, "releasing what a sandbox no longer on this node still held");
                 if let Err(e) = self.runtime.destroy(&id).await {
                     warn!(sandbox = %id, error = %error_chain(&e), "releasing an ended sandbox failed");
                 }

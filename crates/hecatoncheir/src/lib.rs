@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`agent`] — the supervisor: launch, watch, enforce, record; exec, kill, re-adoption after restart.
+//! - [`api`] — the agent's HTTP API, through which Olympus drives it from another machine.
 //! - [`runtime`] — the runtime trait ("Tartarus") every isolation backend implements, and
 //!   [`runtime::gvisor`], the `runsc` backend.
 //! - [`shim`] — the small detached process that holds a sandbox's main process and records
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod api;
 pub mod erinyes;
 pub mod hermes;
 pub mod lethe;

@@ -63,6 +63,9 @@ pub enum ApiError {
     /// A quota refused the request.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// The node holding the sandbox cannot be reached.
+    #[error("{0}")]
+    NodeUnreachable(String),
     /// A fault of Tartarus itself.
     #[error("{0}")]
     Internal(String),
@@ -87,6 +90,7 @@ impl ApiError {
             Self::TemplateNotFound(_) => (StatusCode::NOT_FOUND, "template_not_found"),
             Self::ImageRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image_rejected"),
             Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "registry_error"),
+            Self::NodeUnreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "node_unreachable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -108,13 +112,14 @@ impl From<tartarus_store::StoreError> for ApiError {
     }
 }
 
-impl From<tartarus_hecatoncheir::AgentError> for ApiError {
-    fn from(e: tartarus_hecatoncheir::AgentError) -> Self {
-        use tartarus_hecatoncheir::AgentError as A;
+impl From<crate::nodes::NodeError> for ApiError {
+    fn from(e: crate::nodes::NodeError) -> Self {
+        use crate::nodes::NodeError as N;
         match e {
-            A::NotFound(id) => Self::SandboxNotFound(format!("no sandbox {id}")),
-            e @ A::NotRunning { .. } => Self::NotRunning(e.to_string()),
-            e => Self::Internal(tartarus_hecatoncheir::agent::error_chain(&e)),
+            N::NotFound(m) => Self::SandboxNotFound(m),
+            N::NotRunning(m) => Self::NotRunning(m),
+            N::Failed(m) => Self::Internal(m),
+            e @ N::Unreachable { .. } => Self::NodeUnreachable(e.to_string()),
         }
     }
 }

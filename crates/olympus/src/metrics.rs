@@ -18,6 +18,10 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Admission to running, seconds.
     pub start_seconds: Histogram,
+    /// Placement decisions made by this process's Moirai.
+    pub placed: IntCounter,
+    /// Nodes alive (heartbeating), by Hades.
+    pub nodes_alive: IntGauge,
 }
 
 impl Default for Metrics {
@@ -38,8 +42,12 @@ impl Default for Metrics {
                 .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0]),
         )
         .expect("metric");
+        let placed = IntCounter::new("moirai_placements_total", "Sandboxes placed on a node").expect("metric");
+        let nodes_alive = IntGauge::new("hades_nodes_alive", "Nodes whose heartbeat is fresh").expect("metric");
         for m in [
-            Box::new(admitted.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(placed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(nodes_alive.clone()),
+            Box::new(admitted.clone()),
             Box::new(refused.clone()),
             Box::new(ended.clone()),
             Box::new(running.clone()),
@@ -48,7 +56,7 @@ impl Default for Metrics {
         ] {
             registry.register(m).expect("unique metric");
         }
-        Self { registry, admitted, refused, ended, running, queue_depth, start_seconds }
+        Self { registry, admitted, refused, ended, running, queue_depth, start_seconds, placed, nodes_alive }
     }
 }
 

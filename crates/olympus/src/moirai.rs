@@ -1,86 +1,192 @@
 //! The Moirai — the scheduler: Clotho pulls admitted souls from Acheron, Lachesis filters the
 //! nodes Hades knows, Atropos picks one and hands the soul to it.
 //!
-//! Nodes are reached through the [`Node`] seam: in a single-node realm the node is the agent
-//! in this process; a fleet reaches remote agents through the same trait.
+//! Every delivery is handled by its own task that loops on the sandbox's record until the
+//! record says the outcome is durable, and only then acknowledges the entry:
+//! - `queued`: place it (Lachesis, Atropos), or wait — bounded by `pending_timeout` — with the
+//!   reason in the record's `pending_reason`;
+//! - `starting` on a node: hand it over (`launch`, idempotent on the agent); a node that cannot
+//!   be reached is tried again until Hades declares it dead, then the sandbox is queued again
+//!   (at most `max_attempts` placements, then it fails into Cocytus);
+//! - anything else (running, ended): nothing left to do.
+//!
+//! Two Olympus processes may share one Acheron: the record's compare-and-set transitions decide
+//! who places a sandbox, and agents launch each sandbox at most once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use chrono::Utc;
-use tartarus_core::{ExecRequest, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SandboxState};
-use tartarus_hecatoncheir::{AgentError, ExecStream, Hecatoncheir};
-use tartarus_store::{Events, State};
-use tokio::sync::mpsc;
+use chrono::{DateTime, Utc};
+use tartarus_core::{Capacity, Failure, NodeInfo, NodeState, SandboxRecord, SandboxSpec, SandboxState};
+use tartarus_store::{Delivery, Events, State, StoreError};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
+use crate::nodes::{Directory, Node, NodeError};
 
-/// What the control plane asks of a node.
-#[async_trait]
-pub trait Node: Send + Sync {
-    /// The node's registration.
-    fn info(&self) -> NodeInfo;
-    /// Starts a sandbox placed on this node (record in state `starting`).
-    async fn launch(&self, id: &SandboxId) -> Result<(), AgentError>;
-    /// Asks the node to kill a sandbox; `false` when it is not running there.
-    fn kill(&self, id: &SandboxId, reason: KillReason) -> bool;
-    /// Runs a command in a running sandbox.
-    async fn exec(&self, id: &SandboxId, req: ExecRequest) -> Result<ExecStream, AgentError>;
-    /// Streams a sandbox's logs.
-    fn logs(&self, id: &SandboxId, follow: bool) -> mpsc::Receiver<OutputEvent>;
-    /// Freezes a sandbox.
-    async fn pause(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError>;
-    /// Thaws a sandbox.
-    async fn resume(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError>;
+/// How Atropos chooses among the nodes that fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// The emptiest node: spreads sandboxes out.
+    #[default]
+    LeastLoaded,
+    /// The fullest node that still fits: packs sandboxes together, leaving whole nodes free.
+    BinPack,
 }
 
-#[async_trait]
-impl Node for Arc<Hecatoncheir> {
-    fn info(&self) -> NodeInfo {
-        self.node_info()
-    }
-    async fn launch(&self, id: &SandboxId) -> Result<(), AgentError> {
-        Hecatoncheir::launch(self, id).await
-    }
-    fn kill(&self, id: &SandboxId, reason: KillReason) -> bool {
-        Hecatoncheir::kill(self, id, reason)
-    }
-    async fn exec(&self, id: &SandboxId, req: ExecRequest) -> Result<ExecStream, AgentError> {
-        Hecatoncheir::exec(self, id, req).await
-    }
-    fn logs(&self, id: &SandboxId, follow: bool) -> mpsc::Receiver<OutputEvent> {
-        tartarus_hecatoncheir::hermes::logs(
-            self.state().sandboxes.clone(),
-            self.events().clone(),
-            self.dir(id),
-            id.clone(),
-            follow,
-        )
-    }
-    async fn pause(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError> {
-        Hecatoncheir::pause(self, id).await
-    }
-    async fn resume(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError> {
-        Hecatoncheir::resume(self, id).await
+impl Strategy {
+    /// Parses `least-loaded` or `bin-pack`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "least-loaded" => Ok(Self::LeastLoaded),
+            "bin-pack" | "binpack" => Ok(Self::BinPack),
+            _ => Err(format!("unknown placement strategy {s:?} (least-loaded or bin-pack)")),
+        }
     }
 }
 
-/// Heartbeats older than this take a node out of Lachesis's choice.
-pub const HEARTBEAT_TTL: Duration = Duration::from_secs(30);
-
-/// Lachesis — the nodes able to take a soul asking for `memory_mib` and `vcpus`.
-pub fn lachesis(nodes: &[NodeInfo], memory_mib: u64, vcpus: u32) -> impl Iterator<Item = &NodeInfo> {
-    let fresh_since = Utc::now() - chrono::Duration::from_std(HEARTBEAT_TTL).expect("small");
-    nodes.iter().filter(move |n| n.heartbeat_at >= fresh_since && n.memory_mib >= memory_mib && n.vcpus >= vcpus)
+/// How the scheduler behaves.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// A node whose last heartbeat is older than this is dead.
+    pub dead_after: Duration,
+    /// Longest a sandbox waits for a node that fits before it fails.
+    pub pending_timeout: Duration,
+    /// Placements tried before a sandbox whose nodes keep failing goes to Cocytus.
+    pub max_attempts: u32,
+    /// Atropos's choice.
+    pub strategy: Strategy,
 }
 
-/// Atropos — of the able nodes, the one running the fewest sandboxes.
-pub fn atropos<'a>(able: impl Iterator<Item = &'a NodeInfo>) -> Option<&'a NodeInfo> {
-    able.min_by_key(|n| (n.running, n.name.clone()))
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            dead_after: Duration::from_secs(10),
+            pending_timeout: Duration::from_secs(300),
+            max_attempts: 3,
+            strategy: Strategy::LeastLoaded,
+        }
+    }
 }
+
+/// What a sandbox asks of a node.
+#[derive(Debug, Clone)]
+pub struct Demand<'a> {
+    /// Resources it takes.
+    pub takes: Capacity,
+    /// The runtime it needs.
+    pub runtime: &'a str,
+    /// Labels the node must carry.
+    pub selector: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl<'a> Demand<'a> {
+    /// The demand of a validated spec.
+    pub fn of(spec: &'a SandboxSpec) -> Self {
+        Self {
+            takes: Capacity::of_sandbox(spec.resources.vcpus, spec.resources.memory_mib),
+            runtime: &spec.runtime,
+            selector: &spec.node_selector,
+        }
+    }
+}
+
+/// Lachesis — the nodes able to take `demand` now, or why there is none.
+///
+/// `nodes` carry their usage as last reported plus what this process placed since.
+pub fn lachesis<'n>(
+    nodes: &'n [NodeInfo],
+    demand: &Demand<'_>,
+    now: DateTime<Utc>,
+    dead_after: Duration,
+    reachable: impl Fn(&NodeInfo) -> bool,
+) -> Result<Vec<&'n NodeInfo>, String> {
+    let mut fit = Vec::new();
+    // Why nodes were passed over: how to say it of no node, of some, and how many.
+    let mut why: Vec<(String, String, usize)> = Vec::new();
+    let mut count = |none: String, some: String| match why.iter_mut().find(|(n, _, _)| *n == none) {
+        Some((_, _, k)) => *k += 1,
+        None => why.push((none, some, 1)),
+    };
+    let (mem, cpus) = (demand.takes.memory_mib, demand.takes.vcpus);
+    for n in nodes {
+        let free = n.free();
+        match n.state(now, dead_after) {
+            NodeState::Dead => count("no node alive".into(), "dead".into()),
+            NodeState::Draining => count("no node that is not draining".into(), "draining".into()),
+            NodeState::Alive if !reachable(n) => {
+                count("no node reachable from this Olympus".into(), "unreachable".into())
+            }
+            NodeState::Alive if !n.runtimes.iter().any(|r| r == demand.runtime) => {
+                count(format!("no node with runtime {}", demand.runtime), format!("without runtime {}", demand.runtime))
+            }
+            NodeState::Alive if !n.matches(demand.selector) => {
+                let labels: Vec<String> = demand.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let labels = labels.join(",");
+                count(format!("no node with labels {labels}"), format!("without labels {labels}"))
+            }
+            NodeState::Alive if free.memory_mib < mem => {
+                count(format!("no node with {mem} MiB free"), format!("with less than {mem} MiB free"))
+            }
+            NodeState::Alive if free.vcpus < cpus => {
+                count(format!("no node with {cpus} vCPUs free"), format!("with fewer than {cpus} vCPUs free"))
+            }
+            NodeState::Alive if free.slots < 1 => count("no node with a free slot".into(), "full".into()),
+            NodeState::Alive => fit.push(n),
+        }
+    }
+    if !fit.is_empty() {
+        return Ok(fit);
+    }
+    if nodes.is_empty() {
+        return Err("no node has registered with Hades yet".into());
+    }
+    let checked = format!("{} node{} checked", nodes.len(), if nodes.len() == 1 { "" } else { "s" });
+    Err(match why.as_slice() {
+        [(none, _, _)] => format!("{none}; {checked}"),
+        _ => {
+            let parts: Vec<String> = why.iter().map(|(_, some, k)| format!("{k} {some}")).collect();
+            format!("no node fits ({}); {checked}", parts.join(", "))
+        }
+    })
+}
+
+/// Atropos — of the nodes that fit, the one `strategy` prefers (ties: by name).
+pub fn atropos<'n>(fit: &[&'n NodeInfo], strategy: Strategy) -> Option<&'n NodeInfo> {
+    let key = |n: &&&NodeInfo| ((n.load() * 1e6) as u64, n.used.slots, n.name.clone());
+    match strategy {
+        Strategy::LeastLoaded => fit.iter().min_by_key(key).copied(),
+        Strategy::BinPack => fit
+            .iter()
+            .max_by(|a, b| {
+                a.load().total_cmp(&b.load()).then_with(|| a.used.slots.cmp(&b.used.slots)).then_with(|| b.name.cmp(&a.name))
+            })
+            .copied(),
+    }
+}
+
+/// Hades's nodes as this process sees them: refreshed now and then, with placements made since
+/// each node's last heartbeat counted on top of what it reported.
+#[derive(Default)]
+struct View {
+    nodes: Vec<NodeInfo>,
+    fetched: Option<Instant>,
+    /// Placements by node: when, and what they take.
+    placed: HashMap<String, Vec<(DateTime<Utc>, Capacity)>>,
+}
+
+/// How often the view of Hades is refreshed while placing.
+const VIEW_TTL: Duration = Duration::from_millis(250);
+
+/// A placement counts on top of a node's report until a heartbeat this much later than it.
+const REPORT_LAG: chrono::Duration = chrono::Duration::seconds(2);
+
+/// How long a handler waits before looking at a sandbox again (no node fits, node unreachable).
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Most deliveries handled at once by one process.
+const IN_FLIGHT: usize = 4096;
 
 /// The scheduler.
 pub struct Moirai {
@@ -88,134 +194,316 @@ pub struct Moirai {
     pub state: State,
     /// Record change announcements.
     pub events: Events,
-    /// Nodes by name.
-    pub nodes: HashMap<String, Arc<dyn Node>>,
+    /// The nodes it can reach.
+    pub nodes: Directory,
     /// Metrics.
     pub metrics: Metrics,
+    /// Its settings.
+    pub cfg: SchedulerConfig,
+    view: Mutex<View>,
+}
+
+/// What became of one placement attempt.
+enum Placement {
+    /// Recorded as starting on a node (by this process or a concurrent one).
+    Placed,
+    /// No node fits now, for this reason.
+    Waiting(String),
 }
 
 impl Moirai {
-    /// Keeps every node's heartbeat fresh in Hades (for in-process nodes).
-    pub async fn heartbeats(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            for node in self.nodes.values() {
-                let info = node.info();
-                self.metrics.running.set(i64::from(info.running));
-                if let Err(e) = self.state.hades.heartbeat(&info).await {
-                    warn!(node = %info.name, error = %e, "heartbeat failed");
-                }
-            }
-        }
+    /// A scheduler over `state` reaching `nodes`.
+    pub fn new(state: State, events: Events, nodes: Directory, metrics: Metrics, cfg: SchedulerConfig) -> Self {
+        Self { state, events, nodes, metrics, cfg, view: Mutex::default() }
     }
 
-    /// Clotho's loop: pull, place, hand over, acknowledge. Runs until the process ends.
+    /// The nodes Hades knows, with their state.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        self.state.hades.nodes().await
+    }
+
+    /// The node a record is placed on, if it is alive and reachable from here.
+    pub async fn node_of(&self, name: &str) -> Result<Option<(NodeInfo, Arc<dyn Node>)>, StoreError> {
+        if let Some(local) = self.nodes.local_named(name) {
+            let info = self.state.hades.nodes().await?.into_iter().find(|n| n.name == name);
+            return Ok(info.map(|i| (i, local)));
+        }
+        let info = self.state.hades.nodes().await?.into_iter().find(|n| n.name == name);
+        Ok(info.and_then(|i| self.nodes.get(&i).map(|n| (i, n))))
+    }
+
+    /// Clotho's loop: pull, and hand each delivery to its own task. Runs until the process ends.
     pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let mut failing = false;
         loop {
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
             let delivery = match self.state.acheron.pull().await {
                 Ok(d) => d,
                 Err(e) => {
-                    error!(error = %e, "Acheron pull failed; retrying");
+                    if !failing {
+                        error!(error = %e, "Acheron pull failed; retrying");
+                        failing = true;
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
+            if failing {
+                info!("Acheron reachable again");
+                failing = false;
+            }
             let this = self.clone();
-            // Place in order; start concurrently.
-            match this.place(&delivery.id).await {
-                Ok(Some(node)) => {
-                    tokio::spawn(async move {
-                        let handled = match node.launch(&delivery.id).await {
-                            Ok(()) => this.state.acheron.ack(delivery.seq).await,
-                            Err(e) => {
-                                // Its outcome is not recorded: leave it to be delivered again.
-                                error!(sandbox = %delivery.id, error = %e, "launch could not be recorded; retrying");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                                this.state.acheron.nack(delivery.seq).await
-                            }
-                        };
-                        if let Err(e) = handled {
-                            error!(error = %e, "Acheron acknowledgement failed");
-                        }
-                    });
-                }
-                Ok(None) => {
-                    if let Err(e) = self.state.acheron.ack(delivery.seq).await {
-                        error!(error = %e, "Acheron ack failed");
-                    }
-                }
+            tokio::spawn(async move {
+                this.handle(delivery).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Carries one delivery to a durable outcome, then acknowledges it.
+    async fn handle(&self, d: Delivery) {
+        let waiting_since = Instant::now();
+        loop {
+            let rec = match self.state.sandboxes.get(&d.id).await {
+                Ok(r) => r,
                 Err(e) => {
-                    error!(sandbox = %delivery.id, error = %e, "placement failed; retrying");
+                    warn!(sandbox = %d.id, error = %e, "reading the record failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if let Err(e) = self.state.acheron.nack(delivery.seq).await {
-                        error!(error = %e, "Acheron nack failed");
+                    continue;
+                }
+            };
+            let settled = match &rec {
+                None => {
+                    warn!(sandbox = %d.id, "Acheron entry without a record; dropping it");
+                    true
+                }
+                Some(r) => match r.state {
+                    SandboxState::Queued => match self.place(r).await {
+                        Ok(Placement::Placed) => continue,
+                        Ok(Placement::Waiting(why)) => self.wait(r, why, waiting_since).await,
+                        Err(e) => {
+                            warn!(sandbox = %d.id, error = %e, "placement failed; retrying");
+                            false
+                        }
+                    },
+                    SandboxState::Starting => self.hand_over(r).await,
+                    _ => true,
+                },
+            };
+            if settled {
+                if let Err(e) = self.state.acheron.ack(&d.receipt).await {
+                    // Delivered again later: handling it again finds nothing to do.
+                    warn!(sandbox = %d.id, error = %e, "Acheron acknowledgement failed");
+                }
+                return;
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// No node fits `rec` now: says why in its record; past the pending timeout, fails it.
+    /// `true` once there is nothing more to do.
+    async fn wait(&self, rec: &SandboxRecord, why: String, since: Instant) -> bool {
+        let expired = since.elapsed() >= self.cfg.pending_timeout;
+        if !expired && rec.pending_reason.as_deref() == Some(why.as_str()) {
+            return false;
+        }
+        let timeout = humantime::format_duration(self.cfg.pending_timeout).to_string();
+        let change = move |r: &mut SandboxRecord| {
+            if r.state != SandboxState::Queued {
+                return;
+            }
+            if expired {
+                r.state = SandboxState::Failed;
+                r.error = Some(format!("could not be scheduled within {timeout}: {why}"));
+                r.ended_at = Some(Utc::now());
+            } else {
+                r.pending_reason = Some(why.clone());
+            }
+        };
+        match self.state.sandboxes.update(&rec.id, Box::new(change)).await {
+            Ok(Some(r)) => {
+                self.events.publish(&r);
+                r.state.is_terminal()
+            }
+            Ok(None) => true,
+            Err(e) => {
+                warn!(sandbox = %rec.id, error = %e, "recording why a sandbox waits failed");
+                false
+            }
+        }
+    }
+
+    /// Refreshes the view of Hades if it is older than [`VIEW_TTL`] (or `force`).
+    async fn refresh(&self, force: bool) -> Result<(), StoreError> {
+        let stale = self.view.lock().expect("lock").fetched.is_none_or(|t| force || t.elapsed() >= VIEW_TTL);
+        if stale {
+            let nodes = self.state.hades.nodes().await?;
+            let mut v = self.view.lock().expect("lock");
+            let now = Utc::now();
+            let alive = nodes.iter().filter(|n| n.state(now, self.cfg.dead_after) != NodeState::Dead).count();
+            self.metrics.nodes_alive.set(alive as i64);
+            self.metrics.running.set(nodes.iter().map(|n| i64::from(n.used.slots)).sum());
+            // Placements already in a node's report no longer need counting on top of it.
+            for n in &nodes {
+                if let Some(p) = v.placed.get_mut(&n.name) {
+                    p.retain(|(at, _)| *at + REPORT_LAG > n.heartbeat_at);
+                }
+            }
+            v.nodes = nodes;
+            v.fetched = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Chooses a node for queued `rec` and records the choice.
+    async fn place(&self, rec: &SandboxRecord) -> Result<Placement, StoreError> {
+        self.refresh(false).await?;
+        let demand = Demand::of(&rec.spec);
+        let chosen = {
+            let mut v = self.view.lock().expect("lock");
+            let nodes: Vec<NodeInfo> = v
+                .nodes
+                .iter()
+                .map(|n| {
+                    let mut n = n.clone();
+                    for (_, takes) in v.placed.get(&n.name).into_iter().flatten() {
+                        n.used = n.used.plus(*takes);
                     }
+                    n
+                })
+                .collect();
+            match lachesis(&nodes, &demand, Utc::now(), self.cfg.dead_after, |n| self.nodes.reachable(n)) {
+                Err(why) => return Ok(Placement::Waiting(why)),
+                Ok(fit) => {
+                    let name = atropos(&fit, self.cfg.strategy).expect("fit is not empty").name.clone();
+                    // Counted at once, so concurrent placements see it.
+                    v.placed.entry(name.clone()).or_default().push((Utc::now(), demand.takes));
+                    name
+                }
+            }
+        };
+        let node = chosen.clone();
+        let placed = self
+            .state
+            .sandboxes
+            .update(
+                &rec.id,
+                Box::new(move |r| {
+                    if r.state == SandboxState::Queued {
+                        r.state = SandboxState::Starting;
+                        r.node = Some(node.clone());
+                        r.attempts += 1;
+                        r.pending_reason = None;
+                    }
+                }),
+            )
+            .await?;
+        if let Some(r) = placed {
+            if r.node.as_deref() == Some(chosen.as_str()) && r.state == SandboxState::Starting {
+                self.metrics.placed.inc();
+                info!(sandbox = %r.id, node = %chosen, attempt = r.attempts, "placed");
+            }
+            self.events.publish(&r);
+        }
+        Ok(Placement::Placed)
+    }
+
+    /// Hands a sandbox placed on a node to that node. `true` once its outcome is recorded.
+    async fn hand_over(&self, rec: &SandboxRecord) -> bool {
+        let name = rec.node.clone().unwrap_or_default();
+        let found = match self.node_of(&name).await {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(sandbox = %rec.id, error = %e, "reading Hades failed; retrying");
+                return false;
+            }
+        };
+        let (info, node) = match found {
+            Some((info, node)) if info.state(Utc::now(), self.cfg.dead_after) != NodeState::Dead => (info, node),
+            Some(_) => {
+                self.requeue(rec, &format!("node {name} died before starting it")).await;
+                return false;
+            }
+            None => {
+                self.requeue(rec, &format!("node {name} is not registered or not reachable from here")).await;
+                return false;
+            }
+        };
+        // Launching may hang on a node that stops answering: watch for its death meanwhile.
+        let launched = tokio::select! {
+            r = node.launch(&rec.id) => Some(r),
+            _ = self.until_dead(&info.name) => None,
+        };
+        match launched {
+            Some(Ok(())) => true,
+            Some(Err(e @ NodeError::Unreachable { .. })) => {
+                warn!(sandbox = %rec.id, node = %name, error = %e, "node unreachable; will retry until it answers or is declared dead");
+                false
+            }
+            Some(Err(e)) => {
+                warn!(sandbox = %rec.id, node = %name, error = %e, "node could not record the launch; retrying");
+                false
+            }
+            None => {
+                self.requeue(rec, &format!("node {name} died while starting it")).await;
+                false
+            }
+        }
+    }
+
+    /// Resolves once node `name` is dead (or gone) in Hades.
+    async fn until_dead(&self, name: &str) {
+        loop {
+            tokio::time::sleep(RETRY).await;
+            if let Ok(nodes) = self.state.hades.nodes().await {
+                match nodes.iter().find(|n| n.name == name) {
+                    Some(n) if n.state(Utc::now(), self.cfg.dead_after) != NodeState::Dead => {}
+                    _ => return,
                 }
             }
         }
     }
 
-    /// Chooses a node for sandbox `id` and records the choice. `None`: nothing to start
-    /// (killed while queued, already handled, or impossible to place — recorded as failed).
-    async fn place(&self, id: &SandboxId) -> Result<Option<Arc<dyn Node>>, tartarus_store::StoreError> {
-        let Some(rec) = self.state.sandboxes.get(id).await? else { return Ok(None) };
-        if rec.state != SandboxState::Queued {
-            return Ok(None);
-        }
-        let (mem, cpus) = (rec.spec.resources.memory_mib, rec.spec.resources.vcpus);
-        loop {
-            let known = self.state.hades.nodes().await?;
-            let live: Vec<NodeInfo> = known.into_iter().filter(|n| self.nodes.contains_key(&n.name)).collect();
-            if let Some(chosen) = atropos(lachesis(&live, mem, cpus)) {
-                let name = chosen.name.clone();
-                let node = self.nodes[&name].clone();
-                let placed = self
-                    .state
-                    .sandboxes
-                    .update(
-                        id,
-                        Box::new({
-                            let name = name.clone();
-                            move |r| {
-                                if r.state == SandboxState::Queued {
-                                    r.state = SandboxState::Starting;
-                                    r.node = Some(name);
-                                }
-                            }
-                        }),
-                    )
-                    .await?;
-                return Ok(match placed {
-                    Some(r) if r.state == SandboxState::Starting => {
-                        self.events.publish(&r);
-                        info!(sandbox = %id, node = %name, "placed");
-                        Some(node)
+    /// Takes a sandbox that was placed on a failed node back to the queue (or, after
+    /// `max_attempts` placements, fails it), recording the attempt in Cocytus.
+    pub async fn requeue(&self, rec: &SandboxRecord, why: &str) {
+        let (node, max, why_owned) = (rec.node.clone(), self.cfg.max_attempts, why.to_owned());
+        let change = move |r: &mut SandboxRecord| {
+            if r.state != SandboxState::Starting || r.node != node {
+                return;
+            }
+            if r.attempts >= max {
+                r.state = SandboxState::Failed;
+                r.error = Some(format!("gave up after {} placements; last: {why_owned}", r.attempts));
+                r.ended_at = Some(Utc::now());
+            } else {
+                r.state = SandboxState::Queued;
+                r.node = None;
+                r.pending_reason = Some(format!("queued again: {why_owned}"));
+            }
+        };
+        match self.state.sandboxes.update(&rec.id, Box::new(change)).await {
+            Ok(Some(r)) => {
+                if r.state == SandboxState::Queued {
+                    info!(sandbox = %r.id, reason = why, "queued again");
+                    let retry = Failure {
+                        sandbox: r.id.clone(),
+                        tenant: r.spec.tenant.clone(),
+                        node: rec.node.clone(),
+                        kind: "retry".into(),
+                        reason: why.to_owned(),
+                        at: Utc::now(),
+                    };
+                    if let Err(e) = self.state.cocytus.report(&retry).await {
+                        warn!(error = %e, "Cocytus report failed");
                     }
-                    _ => None,
-                });
-            }
-            if live.iter().all(|n| n.memory_mib < mem || n.vcpus < cpus) && !live.is_empty() {
-                let error = format!("no node can hold {mem} MiB and {cpus} vCPUs");
-                let r = self
-                    .state
-                    .sandboxes
-                    .update(
-                        id,
-                        Box::new(move |r| {
-                            r.state = SandboxState::Failed;
-                            r.error = Some(error);
-                            r.ended_at = Some(Utc::now());
-                        }),
-                    )
-                    .await?;
-                if let Some(r) = r {
-                    self.events.publish(&r);
                 }
-                return Ok(None);
+                self.events.publish(&r);
             }
-            // No fresh node yet (starting up): wait for a heartbeat.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(None) => {}
+            Err(e) => warn!(sandbox = %rec.id, error = %e, "requeueing failed"),
         }
     }
 }
@@ -223,26 +511,71 @@ impl Moirai {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
-    fn node(name: &str, mem: u64, running: u32, age_s: i64) -> NodeInfo {
+    fn node(name: &str, mem: u64, used_slots: u32, age_s: i64, labels: &[(&str, &str)]) -> NodeInfo {
         NodeInfo {
             name: name.into(),
-            runtime: "gvisor".into(),
+            address: Some(format!("http://{name}")),
+            runtimes: vec!["gvisor".into()],
             runtime_version: String::new(),
-            vcpus: 4,
-            memory_mib: mem,
-            running,
-            labels: Default::default(),
+            capacity: Capacity { vcpus: 4, memory_mib: mem, slots: 10 },
+            used: Capacity { vcpus: 0, memory_mib: 0, slots: used_slots },
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            started_at: Utc::now(),
             heartbeat_at: Utc::now() - chrono::Duration::seconds(age_s),
+            draining: false,
         }
     }
 
+    fn demand(mem: u64, vcpus: u32, selector: &BTreeMap<String, String>) -> Demand<'_> {
+        Demand { takes: Capacity::of_sandbox(vcpus, mem), runtime: "gvisor", selector }
+    }
+
+    fn pick(nodes: &[NodeInfo], d: &Demand<'_>, s: Strategy) -> Result<String, String> {
+        let fit = lachesis(nodes, d, Utc::now(), Duration::from_secs(10), |_| true)?;
+        Ok(atropos(&fit, s).unwrap().name.clone())
+    }
+
     #[test]
-    fn picks_the_least_loaded_fresh_node_that_fits() {
-        let nodes = vec![node("a", 1024, 1, 0), node("b", 8192, 5, 0), node("c", 8192, 2, 0), node("d", 8192, 0, 600)];
-        assert_eq!(atropos(lachesis(&nodes, 512, 1)).unwrap().name, "a");
-        assert_eq!(atropos(lachesis(&nodes, 2048, 1)).unwrap().name, "c");
-        assert!(atropos(lachesis(&nodes, 100_000, 1)).is_none());
-        assert!(atropos(lachesis(&nodes, 512, 8)).is_none());
+    fn picks_the_least_loaded_live_node_that_fits() {
+        let none = BTreeMap::new();
+        let nodes = vec![
+            node("a", 1024, 1, 0, &[]),
+            node("b", 8192, 5, 0, &[]),
+            node("c", 8192, 2, 0, &[]),
+            node("d", 8192, 0, 600, &[]),
+        ];
+        assert_eq!(pick(&nodes, &demand(512, 1, &none), Strategy::LeastLoaded).unwrap(), "a");
+        assert_eq!(pick(&nodes, &demand(2048, 1, &none), Strategy::LeastLoaded).unwrap(), "c");
+        assert_eq!(pick(&nodes, &demand(2048, 1, &none), Strategy::BinPack).unwrap(), "b");
+        assert_eq!(
+            pick(&nodes, &demand(100_000, 1, &none), Strategy::LeastLoaded).unwrap_err(),
+            "no node fits (1 dead, 3 with less than 100000 MiB free); 4 nodes checked"
+        );
+        assert_eq!(
+            pick(&nodes[1..3], &demand(10_000, 1, &none), Strategy::LeastLoaded).unwrap_err(),
+            "no node with 10000 MiB free; 2 nodes checked"
+        );
+        assert!(pick(&nodes, &demand(512, 8, &none), Strategy::LeastLoaded).is_err());
+        assert_eq!(pick(&[], &demand(1, 1, &none), Strategy::LeastLoaded).unwrap_err(), "no node has registered with Hades yet");
+    }
+
+    #[test]
+    fn selectors_draining_and_slots_filter_nodes() {
+        let zone_b: BTreeMap<String, String> = [("zone".to_string(), "b".to_string())].into();
+        let mut nodes = vec![node("a", 4096, 0, 0, &[("zone", "a")]), node("b", 4096, 3, 0, &[("zone", "b")])];
+        assert_eq!(pick(&nodes, &demand(64, 1, &zone_b), Strategy::LeastLoaded).unwrap(), "b");
+        nodes[1].draining = true;
+        assert_eq!(
+            pick(&nodes, &demand(64, 1, &zone_b), Strategy::LeastLoaded).unwrap_err(),
+            "no node fits (1 without labels zone=b, 1 draining); 2 nodes checked"
+        );
+        nodes[1].draining = false;
+        nodes[1].used.slots = 10;
+        assert_eq!(
+            pick(&nodes, &demand(64, 1, &zone_b), Strategy::LeastLoaded).unwrap_err(),
+            "no node fits (1 without labels zone=b, 1 full); 2 nodes checked"
+        );
     }
 }

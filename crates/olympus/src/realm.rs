@@ -1,6 +1,5 @@
 //! The realm's control plane assembled: state, judges, scheduler, API, and its serving loop.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,16 +7,21 @@ use std::time::Duration;
 
 use tartarus_store::{Events, State};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{self, Ctx};
 use crate::cerberus::Cerberus;
 use crate::judges::{Aeacus, Minos, Policy, Rhadamanthus, Tribunal};
 use crate::metrics::Metrics;
-use crate::moirai::{Moirai, Node};
+use crate::moirai::{Moirai, SchedulerConfig};
+use crate::nodes::Directory;
+use crate::reconcile;
 
 /// How long open streams may keep the server up after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How often Hades is checked for nodes whose heartbeat lapsed.
+const DEATH_WATCH: Duration = Duration::from_secs(1);
 
 /// How Olympus is set up.
 #[derive(Debug, Clone)]
@@ -32,6 +36,10 @@ pub struct OlympusConfig {
     pub policy: Policy,
     /// Where image blobs and template artifacts are stored.
     pub blobs: tartarus_erebus::blobs::BlobStore,
+    /// The scheduler's settings.
+    pub scheduler: SchedulerConfig,
+    /// The secret shared with remote agents (`None`: the realm's only node is in process).
+    pub agent_secret: Option<String>,
 }
 
 /// The control plane.
@@ -41,13 +49,9 @@ pub struct Olympus {
 }
 
 impl Olympus {
-    /// Assembles the control plane over `state` and its nodes, and starts the scheduler.
-    pub async fn start(
-        cfg: OlympusConfig,
-        state: State,
-        events: Events,
-        nodes: Vec<Arc<dyn Node>>,
-    ) -> std::io::Result<Self> {
+    /// Assembles the control plane over `state` and the nodes it can reach, starts the
+    /// scheduler and the watch over nodes, and reconciles the realm once in the background.
+    pub async fn start(cfg: OlympusConfig, state: State, events: Events, nodes: Directory) -> std::io::Result<Self> {
         let templates_dir = cfg.data_dir.join("templates");
         std::fs::create_dir_all(&templates_dir)?;
         let metrics = Metrics::default();
@@ -58,15 +62,19 @@ impl Olympus {
             ],
             aeacus: Aeacus::open(cfg.data_dir.join("audit.log"))?,
         };
-        let nodes: HashMap<String, Arc<dyn Node>> = nodes.into_iter().map(|n| (n.info().name, n)).collect();
-        // Register the nodes before the first placement.
-        for n in nodes.values() {
-            state.hades.heartbeat(&n.info()).await.map_err(std::io::Error::other)?;
-        }
-        let moirai = Arc::new(Moirai { state: state.clone(), events: events.clone(), nodes, metrics: metrics.clone() });
+        let moirai =
+            Arc::new(Moirai::new(state.clone(), events.clone(), nodes, metrics.clone(), cfg.scheduler.clone()));
         tokio::spawn(moirai.clone().run());
-        tokio::spawn(moirai.clone().heartbeats());
+        tokio::spawn(reconcile::watch_nodes(moirai.clone(), DEATH_WATCH));
         tokio::spawn(count_endings(events.clone(), metrics.clone()));
+        tokio::spawn({
+            let moirai = moirai.clone();
+            async move {
+                if let Err(e) = reconcile::reconcile(&moirai).await {
+                    warn!(error = %e, "reconciliation at start-up failed; run POST /v1/admin/reconcile later");
+                }
+            }
+        });
         let ctx = Ctx {
             state,
             events,
@@ -74,7 +82,8 @@ impl Olympus {
             moirai,
             metrics,
             templates_dir,
-            admission: Default::default(),
+            max_live_per_tenant: cfg.max_live_per_tenant,
+            agent_secret: cfg.agent_secret.clone(),
             imports: Default::default(),
             blobs: cfg.blobs.clone(),
             recipes_dir: cfg.data_dir.join("erebus").join("recipes"),

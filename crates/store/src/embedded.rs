@@ -497,10 +497,13 @@ mod tests {
         assert_eq!(s.count_live("acme").await.unwrap(), 1);
         s.insert(&c, Some(2)).await.unwrap();
         // Ending as a failure lands in Cocytus in the same step; exiting does not.
-        s.update(&c.id, Box::new(|r| {
-            r.state = SandboxState::Failed;
-            r.error = Some("boom".into());
-        }))
+        s.update(
+            &c.id,
+            Box::new(|r| {
+                r.state = SandboxState::Failed;
+                r.error = Some("boom".into());
+            }),
+        )
         .await
         .unwrap();
         let failures = s.failures(&FailureFilter::default()).await.unwrap();

@@ -1,11 +1,17 @@
 //! One module per verb; each has `Args` (or `Command`) and `execute`, returning the exit code.
 
+pub mod agent;
 pub mod bench;
+pub mod daemon;
 pub mod doctor;
 pub mod exec;
+pub mod failures;
 pub mod kill;
 pub mod logs;
+pub mod node;
+pub mod olympus;
 pub mod ps;
+pub mod reconcile;
 pub mod run;
 pub mod shim;
 pub mod template;

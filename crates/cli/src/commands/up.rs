@@ -1,40 +1,32 @@
 //! `tartarus up` — the whole realm in one process: Olympus (API, judges, Acheron, Moirai) and
 //! one Hecatoncheir running gVisor sandboxes, on embedded state in the data directory.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use tartarus_hecatoncheir::runtime::gvisor::{Gvisor, GvisorConfig, Platform};
+use anyhow::Context;
 use tartarus_hecatoncheir::{AgentConfig, Hecatoncheir};
 use tartarus_olympus::judges::Policy;
+use tartarus_olympus::moirai::SchedulerConfig;
+use tartarus_olympus::nodes::{Directory, Node};
 use tartarus_olympus::{Olympus, OlympusConfig};
 use tartarus_store::{EmbeddedStore, Events, State};
 
+use super::daemon::{self, RuntimeArgs};
 use super::Global;
 
 /// Arguments of `tartarus up`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  tartarus up                                # 127.0.0.1:7070, data in /var/lib/tartarus\n  tartarus up --listen 0.0.0.0:7070 --platform ptrace\n  tartarus --data-dir /tmp/realm up --listen 127.0.0.1:0   # any free port\n\nThe admin token is printed and written to <data-dir>/admin.token; client verbs on this\nmachine read it from there. Sandboxes keep running if the realm stops; the next `up`\nre-adopts them (or records them as lost)."
+    after_help = "Examples:\n  tartarus up                                # 127.0.0.1:7070, data in /var/lib/tartarus\n  tartarus up --listen 0.0.0.0:7070 --platform ptrace\n  tartarus --data-dir /tmp/realm up --listen 127.0.0.1:0   # any free port\n\nThe admin token is printed and written to <data-dir>/admin.token; client verbs on this\nmachine read it from there. Sandboxes keep running if the realm stops; the next `up`\nre-adopts them (or records them as lost). For a realm of many machines see\n`tartarus olympus --help` and `tartarus agent --help`."
 )]
 pub struct Args {
     /// Address to serve the API on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
-    /// The runsc binary (default: /usr/local/lib/tartarus/runsc, else runsc on PATH).
-    #[arg(long)]
-    pub runsc: Option<PathBuf>,
-    /// gVisor platform: auto (systrap if this runsc has it, else ptrace), systrap, ptrace, kvm.
-    #[arg(long, default_value = "auto")]
-    pub platform: String,
-    /// Static binary that keeps session sandboxes up (mounted read-only inside them).
-    #[arg(long, default_value = "/bin/busybox")]
-    pub session_init: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// This node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -51,90 +43,34 @@ pub struct Args {
     pub max_memory: Option<u64>,
 }
 
-fn host_memory_mib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines().find_map(|l| {
-                l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-        })
-        .flatten()
-        .map_or(1024, |kb| kb / 1024)
-}
-
-/// Reads the admin token, or makes one (readable by root only).
-fn admin_token(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
-    let path = data_dir.join("admin.token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        if !t.trim().is_empty() {
-            return Ok((t.trim().to_owned(), path));
-        }
-    }
-    let token = format!("tt_{:032x}", rand_u128());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(token.as_bytes())?;
-    Ok((token, path))
-}
-
-fn rand_u128() -> u128 {
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .expect("/dev/urandom");
-    u128::from_le_bytes(b)
-}
+/// How often the in-process agent refreshes its heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// Runs the realm until SIGINT or SIGTERM.
 pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
-        .init();
-    if !nix_is_root() {
-        bail!("tartarus up must run as root (gVisor needs it to build sandboxes); try sudo");
-    }
-    // Everything below holds tenants' environment and output: only root may read it.
-    let created = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&g.data_dir);
-    created.with_context(|| format!("creating data dir {}", g.data_dir.display()))?;
-    // Absolute, so the shims' command lines (how restarts recognise them) never depend on the cwd.
-    let data = &std::fs::canonicalize(&g.data_dir).with_context(|| format!("resolving {}", g.data_dir.display()))?;
+    daemon::init_logging();
+    let data = &daemon::data_dir(g, "up")?;
     let store = Arc::new(
         EmbeddedStore::open(&data.join("state.redb"))
             .context("opening the state database (is another `tartarus up` using this data dir?)")?,
     );
     let state = State::embedded(store);
     let events = Events::default();
-    let (token, token_path) = admin_token(data)?;
-
-    let runtime = Gvisor::new(GvisorConfig {
-        runsc: args.runsc.clone(),
-        platform: Platform::parse(&args.platform).map_err(anyhow::Error::msg)?,
-        state_root: data.join("runsc"),
-        session_init: args.session_init.clone(),
-        cgroup_mount: "/sys/fs/cgroup".into(),
-    })
-    .context("setting up the gVisor runtime (see `tartarus doctor`)")?;
+    let (token, token_path) = daemon::admin_token(data)?;
+    let runtime = args.runtime.gvisor(data)?;
     let describe = tartarus_hecatoncheir::runtime::Runtime::describe(&runtime);
-    let node_name = args.node_name.clone().unwrap_or_else(|| {
-        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node-1".into())
-    });
-    let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let memory_mib = host_memory_mib();
+    let (vcpus, memory_mib) = (daemon::host_vcpus(), daemon::host_memory_mib());
     let agent = Hecatoncheir::new(
         AgentConfig {
-            node_name,
+            node_name: args.node_name.clone().unwrap_or_else(|| daemon::host_name("node-1")),
             sandboxes_dir: data.join("sandboxes"),
             shim_exe: std::env::current_exe().context("locating the tartarus binary for the shim")?,
-            vcpus,
+            vcpus: vcpus * daemon::CPU_OVERCOMMIT,
             memory_mib,
+            slots: args.max_live.try_into().unwrap_or(u32::MAX),
+            labels: Default::default(),
+            address: None,
+            simulate_launch: None,
         },
         Arc::new(runtime),
         state.clone(),
@@ -150,56 +86,38 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             report.lost.len()
         );
     }
-    let blobs = match args.store.as_deref() {
-        Some(url) if url.starts_with("s3://") => {
-            tartarus_erebus::blobs::BlobStore::s3(url, &data.join("erebus").join("cache"))
-        }
-        Some(dir) => tartarus_erebus::blobs::BlobStore::local(std::path::Path::new(dir)),
-        None => tartarus_erebus::blobs::BlobStore::local(&data.join("erebus").join("store")),
-    }
-    .context("opening the blob store")?;
+    // Fresh in Hades before Olympus looks: an old heartbeat would make the node look dead.
+    state.hades.heartbeat(&agent.node_info()).await.context("registering the node")?;
+    tokio::spawn(agent.clone().heartbeats(HEARTBEAT));
     let olympus = Olympus::start(
         OlympusConfig {
             admin_token: token,
             data_dir: data.clone(),
             max_live_per_tenant: args.max_live,
-            blobs,
+            blobs: daemon::blobs(args.store.as_deref(), data)?,
             policy: Policy {
                 max_memory_mib: args.max_memory.unwrap_or(memory_mib),
                 max_vcpus: vcpus.max(1) * 4,
                 max_duration: Duration::from_secs(24 * 3600),
             },
+            scheduler: SchedulerConfig::default(),
+            agent_secret: None,
         },
         state,
         events,
-        vec![Arc::new(agent) as Arc<dyn tartarus_olympus::moirai::Node>],
+        Directory::local(vec![Arc::new(agent) as Arc<dyn Node>]),
     )
     .await
     .context("starting Olympus")?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "tartarus: listening on http://{addr}")?;
-        writeln!(out, "tartarus: admin token in {}", token_path.display())?;
-        writeln!(out, "tartarus: runtime {describe}")?;
-        out.flush()?;
-    }
-    olympus.serve(listener, shutdown_signal()).await.context("serving the API")?;
+    daemon::announce(&[
+        format!("listening on http://{addr}"),
+        format!("admin token in {}", token_path.display()),
+        format!("runtime {describe}"),
+    ])?;
+    olympus.serve(listener, daemon::shutdown_signal()).await.context("serving the API")?;
     eprintln!("tartarus: stopped; running sandboxes keep running and are re-adopted by the next `tartarus up`");
     Ok(0)
-}
-
-fn nix_is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -1,5 +1,6 @@
 //! The versioned REST API: routes, shared context, and the OpenAPI document built from the code.
 
+pub mod agents;
 pub mod realm;
 pub mod sandboxes;
 pub mod stream;
@@ -35,8 +36,10 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// Where imported templates are kept.
     pub templates_dir: PathBuf,
-    /// Held from judgment to queueing, so Minos counts what the previous admission added.
-    pub admission: Arc<tokio::sync::Mutex<()>>,
+    /// Most live sandboxes per tenant, enforced atomically when a record is stored.
+    pub max_live_per_tenant: usize,
+    /// The secret agents present to Olympus (and Olympus to them); `None` without remote agents.
+    pub agent_secret: Option<String>,
     /// Held while a template is imported or built, so two of one name cannot interleave.
     pub imports: Arc<tokio::sync::Mutex<()>>,
     /// Erebus's blob store.
@@ -115,7 +118,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
     paths(
         sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::kill, sandboxes::exec, sandboxes::logs,
         sandboxes::pause, sandboxes::resume, templates::list, templates::import, templates::build, templates::inspect,
-        templates::remove, templates::prune, realm::nodes, realm::healthz, realm::metrics
+        templates::remove, templates::prune, realm::nodes, realm::drain, realm::undrain, realm::failures,
+        realm::reconcile, realm::healthz, realm::metrics, agents::hello
     ),
     components(schemas(
         tartarus_core::SoulRequest, tartarus_core::SandboxRecord, tartarus_core::SandboxSpec, tartarus_core::Verdict,
@@ -123,7 +127,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
         tartarus_core::Resources, tartarus_core::NetworkContract, tartarus_core::HeatLevel, tartarus_core::ExecRequest,
         tartarus_core::ExitInfo, tartarus_core::TemplateRecord, tartarus_core::NodeInfo, crate::error::ErrorBody,
         sandboxes::SandboxList, sandboxes::ExecResult, templates::TemplateList, templates::ImportRequest, templates::BuildRequest, templates::PruneResult,
-        tartarus_core::ImageInfo, tartarus_core::ImageDefaults, realm::NodeList
+        tartarus_core::ImageInfo, tartarus_core::ImageDefaults, realm::NodeList, realm::NodeView, realm::FailureList,
+        tartarus_core::Failure, tartarus_core::Capacity, tartarus_core::NodeState, crate::reconcile::ReconcileReport, agents::Hello
     )),
     modifiers(&BearerAuth)
 )]
@@ -158,10 +163,15 @@ pub fn router(ctx: Ctx, cerberus: Cerberus) -> Router {
         .route("/templates/prune", post(templates::prune))
         .route("/templates/{name}", get(templates::inspect).delete(templates::remove))
         .route("/nodes", get(realm::nodes))
+        .route("/nodes/{name}/drain", post(realm::drain))
+        .route("/nodes/{name}/undrain", post(realm::undrain))
+        .route("/failures", get(realm::failures))
+        .route("/admin/reconcile", post(realm::reconcile))
         .route_layer(axum::middleware::from_fn_with_state(cerberus, cerberus::guard));
     Router::new()
         .nest("/v1", v1)
         .route("/v1/openapi.json", get(realm::openapi))
+        .route("/v1/agents/hello", post(agents::hello))
         .route("/healthz", get(realm::healthz))
         .route("/metrics", get(realm::metrics))
         .fallback(realm::fallback)

@@ -1,34 +1,117 @@
-//! Realm-wide endpoints: nodes, health, metrics, the OpenAPI document, and the 404 fallback.
+//! Realm-wide endpoints: nodes (list, drain), failures (Cocytus), reconciliation, health,
+//! metrics, the OpenAPI document, and the 404 fallback.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Serialize;
-use tartarus_core::NodeInfo;
-use utoipa::{OpenApi, ToSchema};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tartarus_core::{Failure, NodeInfo, NodeState, SandboxId};
+use tartarus_store::FailureFilter;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::{ApiDoc, Ctx};
+use super::{ApiDoc, Ctx, Q};
 use crate::error::{ApiError, ErrorBody};
+use crate::reconcile::{self, ReconcileReport};
+
+/// A node as Hades knows it, with its health.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeView {
+    /// Its registration and last heartbeat.
+    #[serde(flatten)]
+    pub info: NodeInfo,
+    /// Alive, draining or dead (heartbeat older than the realm's `dead_after`).
+    pub state: NodeState,
+    /// Largest share of any resource in use, 0 to 1.
+    pub load: f64,
+}
 
 /// A listing of nodes.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NodeList {
-    /// Every node Hades knows.
-    pub nodes: Vec<NodeInfo>,
+    /// Every node Hades knows, by name.
+    pub nodes: Vec<NodeView>,
+}
+
+fn view(ctx: &Ctx, info: NodeInfo) -> NodeView {
+    let state = info.state(Utc::now(), ctx.moirai.cfg.dead_after);
+    NodeView { load: info.load(), state, info }
 }
 
 /// The nodes in Hades.
 #[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = NodeList), (status = 401, body = ErrorBody)))]
 pub async fn nodes(State(ctx): State<Ctx>) -> Result<Json<NodeList>, ApiError> {
     let mut nodes = ctx.state.hades.nodes().await?;
-    // In-process nodes answer for themselves; the registry may be a heartbeat behind.
-    for n in &mut nodes {
-        if let Some(live) = ctx.moirai.nodes.get(&n.name) {
-            *n = live.info();
-        }
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(NodeList { nodes: nodes.into_iter().map(|n| view(&ctx, n)).collect() }))
+}
+
+async fn set_draining(ctx: &Ctx, name: &str, draining: bool) -> Result<NodeView, ApiError> {
+    if !ctx.state.hades.set_draining(name, draining).await? {
+        return Err(ApiError::NotFound(format!("no node {name:?} in Hades; see GET /v1/nodes")));
     }
-    Ok(Json(NodeList { nodes }))
+    let info = ctx.state.hades.nodes().await?.into_iter().find(|n| n.name == name);
+    let info = info.ok_or_else(|| ApiError::NotFound(format!("node {name:?} left Hades")))?;
+    Ok(view(ctx, info))
+}
+
+/// Stop new placements on a node (its running sandboxes keep running).
+#[utoipa::path(post, path = "/v1/nodes/{name}/drain", params(("name" = String, Path, description = "Node name")),
+    responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
+pub async fn drain(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Json<NodeView>, ApiError> {
+    Ok(Json(set_draining(&ctx, &name, true).await?))
+}
+
+/// Allow placements on a drained node again.
+#[utoipa::path(post, path = "/v1/nodes/{name}/undrain", params(("name" = String, Path, description = "Node name")),
+    responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
+pub async fn undrain(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Json<NodeView>, ApiError> {
+    Ok(Json(set_draining(&ctx, &name, false).await?))
+}
+
+/// Query of `GET /v1/failures`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct FailuresQuery {
+    /// Only failures at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only this node's.
+    pub node: Option<String>,
+    /// Only this sandbox's.
+    pub sandbox: Option<String>,
+    /// At most this many, newest first (default 100, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// A listing of failures.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailureList {
+    /// Newest first.
+    pub failures: Vec<Failure>,
+}
+
+/// Cocytus: launch errors, lost sandboxes, enforcement kills, retried placements.
+#[utoipa::path(get, path = "/v1/failures", params(FailuresQuery),
+    responses((status = 200, body = FailureList), (status = 422, body = ErrorBody)))]
+pub async fn failures(State(ctx): State<Ctx>, Q(q): Q<FailuresQuery>) -> Result<Json<FailureList>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::InvalidRequest(format!("limit: {limit} is outside 1..=10000")));
+    }
+    let sandbox = q
+        .sandbox
+        .map(|s| {
+            SandboxId::parse(&s).map_err(|_| ApiError::InvalidRequest(format!("sandbox: {s:?} is not a sandbox id")))
+        })
+        .transpose()?;
+    let filter = FailureFilter { since: q.since, node: q.node, tenant: None, sandbox, limit: Some(limit) };
+    Ok(Json(FailureList { failures: ctx.state.cocytus.failures(&filter).await? }))
+}
+
+/// Rebuild the realm's view from Hades and the agents, and repair records. Safe to repeat.
+#[utoipa::path(post, path = "/v1/admin/reconcile", responses((status = 200, body = ReconcileReport), (status = 401, body = ErrorBody)))]
+pub async fn reconcile(State(ctx): State<Ctx>) -> Result<Json<ReconcileReport>, ApiError> {
+    Ok(Json(reconcile::reconcile(&ctx.moirai).await?))
 }
 
 /// Liveness.
@@ -43,8 +126,13 @@ pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     if let Ok(depth) = ctx.state.acheron.depth().await {
         ctx.metrics.queue_depth.set(depth as i64);
     }
-    let running: u32 = ctx.moirai.nodes.values().map(|n| n.info().running).sum();
-    ctx.metrics.running.set(i64::from(running));
+    if let Ok(nodes) = ctx.state.hades.nodes().await {
+        let now = Utc::now();
+        let alive: Vec<&NodeInfo> =
+            nodes.iter().filter(|n| n.state(now, ctx.moirai.cfg.dead_after) != NodeState::Dead).collect();
+        ctx.metrics.nodes_alive.set(alive.len() as i64);
+        ctx.metrics.running.set(alive.iter().map(|n| i64::from(n.used.slots)).sum());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], ctx.metrics.render())
 }
 

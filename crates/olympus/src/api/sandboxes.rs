@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{stream, Body, Ctx, IdPath, Q};
 use crate::cerberus::Principal;
 use crate::error::{ApiError, ErrorBody};
-use crate::moirai::Node;
+use crate::nodes::Node;
 
 /// Parses a sandbox id from a path; a string that is not an id is simply not found.
 fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
@@ -31,11 +31,17 @@ async fn record(ctx: &Ctx, id: &SandboxId) -> Result<SandboxRecord, ApiError> {
     ctx.state.sandboxes.get(id).await?.ok_or_else(|| ApiError::SandboxNotFound(format!("no sandbox {id}")))
 }
 
-fn node_of(ctx: &Ctx, rec: &SandboxRecord) -> Result<Arc<dyn Node>, ApiError> {
-    rec.node
-        .as_ref()
-        .and_then(|n| ctx.moirai.nodes.get(n).cloned())
-        .ok_or_else(|| ApiError::NotRunning(format!("sandbox {} is {}, not running", rec.id, rec.state.as_str())))
+/// The node running `rec`, or why there is none to ask.
+async fn node_of(ctx: &Ctx, rec: &SandboxRecord) -> Result<Arc<dyn Node>, ApiError> {
+    let not_running = || ApiError::NotRunning(format!("sandbox {} is {}, not running", rec.id, rec.state.as_str()));
+    let name = rec.node.as_deref().ok_or_else(not_running)?;
+    match ctx.moirai.node_of(name).await? {
+        Some((_, node)) => Ok(node),
+        None => Err(ApiError::NodeUnreachable(format!(
+            "sandbox {} is on node {name}, which is not registered with Hades or not reachable from this Olympus",
+            rec.id
+        ))),
+    }
 }
 
 /// Query of `POST /v1/sandboxes`.
@@ -84,10 +90,16 @@ async fn admit(ctx: &Ctx, who: &Principal, req: SoulRequest) -> Result<SandboxRe
             spec.template
         )));
     }
-    let _admitting = ctx.admission.lock().await;
     let verdict = ctx.tribunal.judge(who, &spec).await?;
     let rec = SandboxRecord::admitted(SandboxId::generate(), spec, verdict);
-    ctx.state.sandboxes.insert(&rec).await?;
+    // Minos ruled on a count that concurrent admissions may have changed since: the store checks
+    // the quota again, atomically with storing the record.
+    ctx.state.sandboxes.insert(&rec, Some(ctx.max_live_per_tenant)).await.map_err(|e| match e {
+        tartarus_store::StoreError::QuotaExceeded { tenant, live, max } => ApiError::QuotaExceeded(format!(
+            "tenant {tenant} already has {live} live sandboxes (quota {max}); wait for some to end or kill them"
+        )),
+        e => e.into(),
+    })?;
     if let Err(e) = ctx.state.acheron.push(&rec.id).await {
         // Recorded but not queued: end the record rather than leave it queued forever.
         let error = format!("could not be queued: {e}");
@@ -98,7 +110,7 @@ async fn admit(ctx: &Ctx, who: &Principal, req: SoulRequest) -> Result<SandboxRe
                 &rec.id,
                 Box::new(move |r| {
                     r.state = SandboxState::Failed;
-                    r.error = Some(error);
+                    r.error = Some(error.clone());
                     r.ended_at = Some(Utc::now());
                 }),
             )
@@ -210,8 +222,8 @@ pub async fn kill(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Response
                 continue;
             }
             _ => {
-                if let Ok(node) = node_of(&ctx, &rec) {
-                    if node.kill(&id, KillReason::Requested) {
+                if let Ok(node) = node_of(&ctx, &rec).await {
+                    if let Ok(true) = node.kill(&id, KillReason::Requested).await {
                         break;
                     }
                 }
@@ -272,7 +284,7 @@ pub async fn exec(
     let id = parse_id(&id)?;
     req.validate().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let rec = record(&ctx, &id).await?;
-    let mut rx = node_of(&ctx, &rec)?.exec(&id, req).await?;
+    let mut rx = node_of(&ctx, &rec).await?.exec(&id, req).await?;
     if q.stream {
         return Ok(stream::sse(rx).into_response());
     }
@@ -306,19 +318,18 @@ pub struct LogsQuery {
     responses((status = 200, description = "text/event-stream of stdout/stderr events, and exit once ended"), (status = 404, body = ErrorBody)))]
 pub async fn logs(State(ctx): State<Ctx>, IdPath(id): IdPath, Q(q): Q<LogsQuery>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let rec = record(&ctx, &id).await?;
-    // Queued sandboxes have no node yet: the logs are read where they will be written.
-    let node = match node_of(&ctx, &rec) {
-        Ok(n) => n,
-        Err(_) => ctx
-            .moirai
-            .nodes
-            .values()
-            .next()
-            .cloned()
-            .ok_or_else(|| ApiError::Internal("no node in this realm".into()))?,
-    };
-    Ok(stream::sse(node.logs(&id, q.follow)).into_response())
+    let mut rec = record(&ctx, &id).await?;
+    if rec.node.is_none() && !rec.state.is_terminal() {
+        // Not placed yet: its logs will be written on the node it goes to.
+        rec = wait_until(&ctx, &id, |r| r.node.is_some()).await?;
+    }
+    if rec.node.is_none() {
+        // Ended before it was placed (killed while queued, unschedulable): nothing was written.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.try_send(OutputEvent::Exit(ExitInfo::from(&rec))).expect("room for one");
+        return Ok(stream::sse(rx).into_response());
+    }
+    Ok(stream::sse(node_of(&ctx, &rec).await?.logs(&id, q.follow).await?).into_response())
 }
 
 /// Freeze a running sandbox.
@@ -327,7 +338,7 @@ pub async fn logs(State(ctx): State<Ctx>, IdPath(id): IdPath, Q(q): Q<LogsQuery>
 pub async fn pause(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Json<SandboxRecord>, ApiError> {
     let id = parse_id(&id)?;
     let rec = record(&ctx, &id).await?;
-    Ok(Json(node_of(&ctx, &rec)?.pause(&id).await?))
+    Ok(Json(node_of(&ctx, &rec).await?.pause(&id).await?))
 }
 
 /// Thaw a paused sandbox.
@@ -336,5 +347,5 @@ pub async fn pause(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Json<Sa
 pub async fn resume(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Json<SandboxRecord>, ApiError> {
     let id = parse_id(&id)?;
     let rec = record(&ctx, &id).await?;
-    Ok(Json(node_of(&ctx, &rec)?.resume(&id).await?))
+    Ok(Json(node_of(&ctx, &rec).await?.resume(&id).await?))
 }
