@@ -5,7 +5,9 @@
 #
 # 1. Debian packages: runsc (gVisor), busybox-static, iptables, iproute2, ca-certificates, curl;
 #    for OCI images and their tests: docker-registry, skopeo, umoci, e2fsprogs, debootstrap,
-#    apache2-utils (htpasswd), python3.
+#    apache2-utils (htpasswd), python3; redis-server for fleets (Olympus and agents) and their
+#    tests. The package's own service is stopped and disabled when this installs it: a fleet's
+#    Redis is started with scripts/redis.sh (AOF on, no eviction), tests start their own.
 # 2. A newer runsc from Debian trixie, unpacked to /usr/local/lib/tartarus/runsc without adding
 #    trixie to the system's apt sources (best effort: without it Tartarus uses bookworm's runsc,
 #    which has no systrap platform, with ptrace).
@@ -24,7 +26,7 @@ for arg in "$@"; do
     case "$arg" in
         --no-build) build=0 ;;
         -h | --help)
-            sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         -*)
@@ -50,7 +52,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 # --- 1. Debian packages ---------------------------------------------------------------
 packages=(runsc busybox-static iptables iproute2 ca-certificates curl
-    docker-registry skopeo umoci e2fsprogs debootstrap apache2-utils python3)
+    docker-registry skopeo umoci e2fsprogs debootstrap apache2-utils python3 redis-server)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -63,6 +65,42 @@ else
     step "installing debian packages: ${missing[*]}"
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The distro's redis-server service (/etc/redis/redis.conf: no AOF, port 6379) must not pass for
+# the realm's Redis, nor take port 6379 at the next boot: stop and disable it. One that was
+# already installed and runs is somebody's: leave it, and say that it is not set up for Tartarus.
+distro_redis_running() {
+    if [[ -d /run/systemd/system ]]; then
+        systemctl is-active --quiet redis-server.service 2>/dev/null
+    else
+        [[ -f /run/redis/redis-server.pid ]] && kill -0 "$(cat /run/redis/redis-server.pid)" 2>/dev/null
+    fi
+}
+distro_redis_enabled() {
+    local links=(/etc/rc[2-5].d/S[0-9][0-9]redis-server)
+    # `systemctl is-enabled` and `disable` work without a running systemd (containers, CI).
+    { command -v systemctl >/dev/null && systemctl is-enabled --quiet redis-server.service 2>/dev/null; } ||
+        [[ -e "${links[0]}" ]]
+}
+disable_distro_redis() {
+    if [[ -d /run/systemd/system ]]; then
+        systemctl disable --now --quiet redis-server.service || warn "could not disable redis-server.service"
+        return 0
+    fi
+    # Without systemd the package's postinst may have started it through its init script.
+    if [[ -x /etc/init.d/redis-server ]]; then /etc/init.d/redis-server stop >/dev/null 2>&1 || true; fi
+    if command -v systemctl >/dev/null; then systemctl disable --quiet redis-server.service 2>/dev/null || true; fi
+    update-rc.d redis-server disable >/dev/null 2>&1 || true
+    ! distro_redis_enabled || warn "could not disable the redis-server service"
+}
+if [[ " ${missing[*]} " != *" redis-server "* ]] && distro_redis_running; then
+    warn "the distro's redis-server service runs (/etc/redis/redis.conf, port 6379) and is not set up for" \
+        "Tartarus (see tartarus doctor --redis redis://127.0.0.1:6379): start a fleet's Redis with" \
+        "scripts/redis.sh start --port N, or stop that service (systemctl disable --now redis-server)"
+elif distro_redis_running || distro_redis_enabled; then
+    step "disabling the distro's redis-server service (a fleet's Redis: scripts/redis.sh start)"
+    disable_distro_redis
 fi
 
 # --- 2. a newer runsc from trixie ---------------------------------------------------------

@@ -256,7 +256,8 @@ impl Client {
 
     /// `GET /v1/failures`: Cocytus, newest first.
     pub async fn failures(&self, query: &[(&str, String)]) -> anyhow::Result<Vec<Failure>> {
-        let list: FailureList = self.json(self.request(Method::GET, "/v1/failures").query(query), "failure list").await?;
+        let list: FailureList =
+            self.json(self.request(Method::GET, "/v1/failures").query(query), "failure list").await?;
         Ok(list.failures)
     }
 

@@ -35,9 +35,10 @@ impl Failure {
         let (kind, reason) = match (r.state, r.kill_reason) {
             (SandboxState::Failed, _) => ("failed", r.error.clone().unwrap_or_else(|| "unknown error".into())),
             (SandboxState::Lost, _) => ("lost", r.error.clone().unwrap_or_else(|| "vanished".into())),
-            (SandboxState::Killed, Some(k @ (KillReason::Timeout | KillReason::OutOfMemory | KillReason::DiskLimit))) => {
-                ("killed", format!("{}: {}", k.as_str(), k.describe()))
-            }
+            (
+                SandboxState::Killed,
+                Some(k @ (KillReason::Timeout | KillReason::OutOfMemory | KillReason::DiskLimit)),
+            ) => ("killed", format!("{}: {}", k.as_str(), k.describe())),
             _ => return None,
         };
         Some(Failure {

@@ -22,8 +22,8 @@ pub mod soul;
 pub mod template;
 pub mod verdict;
 
-pub use id::{InvalidId, SandboxId};
 pub use failure::Failure;
+pub use id::{InvalidId, SandboxId};
 pub use node::{Capacity, NodeInfo, NodeState};
 pub use output::{ExecRequest, ExitInfo, OutputEvent, Stream};
 pub use sandbox::{KillReason, SandboxRecord, SandboxState, SandboxStats};

@@ -82,6 +82,10 @@ pub struct NodeInfo {
     pub capacity: Capacity,
     /// What its sandboxes (running and starting) take now.
     pub used: Capacity,
+    /// The sandboxes it holds now (running, paused, or being launched).
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub holds: Vec<crate::id::SandboxId>,
     /// Labels used by Lachesis to filter nodes.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

@@ -76,9 +76,8 @@ impl OutputEvent {
     pub fn from_wire(line: &str) -> Result<Self, String> {
         use base64::Engine;
         let w: WireEvent = serde_json::from_str(line).map_err(|e| format!("bad output event: {e}"))?;
-        let bytes = |s: &str| {
-            base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("bad output bytes: {e}"))
-        };
+        let bytes =
+            |s: &str| base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("bad output bytes: {e}"));
         Ok(match w {
             WireEvent::Stdout(s) => OutputEvent::Output(Stream::Stdout, bytes(&s)?),
             WireEvent::Stderr(s) => OutputEvent::Output(Stream::Stderr, bytes(&s)?),
@@ -126,7 +125,12 @@ mod tests {
         let events = [
             OutputEvent::Output(Stream::Stdout, vec![0, 0xff, b'\n', b'a']),
             OutputEvent::Output(Stream::Stderr, b"oops".to_vec()),
-            OutputEvent::Exit(ExitInfo { state: SandboxState::Exited, exit_code: Some(3), kill_reason: None, error: None }),
+            OutputEvent::Exit(ExitInfo {
+                state: SandboxState::Exited,
+                exit_code: Some(3),
+                kill_reason: None,
+                error: None,
+            }),
         ];
         for e in events {
             let line = e.to_wire();

@@ -252,13 +252,15 @@ impl Hecatoncheir {
     /// What this node tells Hades: capacity, and what its sandboxes (launching ones included) take.
     pub fn node_info(&self) -> NodeInfo {
         let mut used = Capacity::default();
-        let live = self.live.lock().expect("lock");
-        for l in live.values() {
-            used = used.plus(l.takes);
-        }
-        for (id, (_, takes)) in self.launching.lock().expect("lock").iter() {
-            if !live.contains_key(id) {
-                used = used.plus(*takes);
+        {
+            let live = self.live.lock().expect("lock");
+            for l in live.values() {
+                used = used.plus(l.takes);
+            }
+            for (id, (_, takes)) in self.launching.lock().expect("lock").iter() {
+                if !live.contains_key(id) {
+                    used = used.plus(*takes);
+                }
             }
         }
         NodeInfo {
@@ -268,6 +270,7 @@ impl Hecatoncheir {
             runtime_version: self.runtime.describe(),
             capacity: Capacity { vcpus: self.cfg.vcpus, memory_mib: self.cfg.memory_mib, slots: self.cfg.slots },
             used,
+            holds: self.held(),
             labels: self.cfg.labels.clone(),
             started_at: self.started_at,
             heartbeat_at: Utc::now(),
@@ -674,8 +677,7 @@ impl Hecatoncheir {
                         // Its template's settings cannot be read: later execs run as nobody, never root.
                         .unwrap_or_else(|| Settings { env: rec.spec.env.clone(), workdir: "/".into(), user: NOBODY });
                     let takes = Capacity::of_sandbox(rec.spec.resources.vcpus, rec.spec.resources.memory_mib);
-                    let live =
-                        Live { kill: kill_tx, activity: activity.clone(), settings: Arc::new(settings), takes };
+                    let live = Live { kill: kill_tx, activity: activity.clone(), settings: Arc::new(settings), takes };
                     self.live.lock().expect("lock").insert(id.clone(), live);
                     info!(sandbox = %id, pid, "re-adopted running sandbox");
                     let rec = if rec.state == SandboxState::Starting {

@@ -214,17 +214,15 @@ async fn to_completion<T: Send + 'static>(
 /// The response body owns the receiver: when the client goes away the body is dropped, and
 /// with it the receiver, which tells the agent nobody reads any more.
 fn ndjson(rx: mpsc::Receiver<OutputEvent>) -> Response {
-    let lines = ReceiverStream::new(rx)
-        .scan(false, |ended, ev| {
-            if *ended {
-                return futures::future::ready(None);
-            }
-            *ended = matches!(ev, OutputEvent::Exit(_));
-            let mut line = ev.to_wire();
-            line.push('\n');
-            futures::future::ready(Some(Ok::<_, Infallible>(line)))
-        })
-        .boxed();
+    let lines = ReceiverStream::new(rx).scan(false, |ended, ev| {
+        if *ended {
+            return futures::future::ready(None);
+        }
+        *ended = matches!(ev, OutputEvent::Exit(_));
+        let mut line = ev.to_wire();
+        line.push('\n');
+        futures::future::ready(Some(Ok::<_, Infallible>(line)))
+    });
     ([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(lines)).into_response()
 }
 

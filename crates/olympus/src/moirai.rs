@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tartarus_core::{Capacity, Failure, NodeInfo, NodeState, SandboxRecord, SandboxSpec, SandboxState};
+use tartarus_core::{Capacity, Failure, NodeInfo, NodeState, SandboxId, SandboxRecord, SandboxSpec, SandboxState};
 use tartarus_store::{Delivery, Events, State, StoreError};
 use tracing::{error, info, warn};
 
@@ -160,7 +160,10 @@ pub fn atropos<'n>(fit: &[&'n NodeInfo], strategy: Strategy) -> Option<&'n NodeI
         Strategy::BinPack => fit
             .iter()
             .max_by(|a, b| {
-                a.load().total_cmp(&b.load()).then_with(|| a.used.slots.cmp(&b.used.slots)).then_with(|| b.name.cmp(&a.name))
+                a.load()
+                    .total_cmp(&b.load())
+                    .then_with(|| a.used.slots.cmp(&b.used.slots))
+                    .then_with(|| b.name.cmp(&a.name))
             })
             .copied(),
     }
@@ -172,15 +175,20 @@ pub fn atropos<'n>(fit: &[&'n NodeInfo], strategy: Strategy) -> Option<&'n NodeI
 struct View {
     nodes: Vec<NodeInfo>,
     fetched: Option<Instant>,
-    /// Placements by node: when, and what they take.
-    placed: HashMap<String, Vec<(DateTime<Utc>, Capacity)>>,
+    /// Placements by node not yet in the node's report: when, which, and what they take.
+    placed: HashMap<String, Vec<Reservation>>,
 }
+
+/// A placement made by this process: when, which sandbox, what it takes.
+type Reservation = (DateTime<Utc>, SandboxId, Capacity);
 
 /// How often the view of Hades is refreshed while placing.
 const VIEW_TTL: Duration = Duration::from_millis(250);
 
-/// A placement counts on top of a node's report until a heartbeat this much later than it.
-const REPORT_LAG: chrono::Duration = chrono::Duration::seconds(2);
+/// A placement counts on top of a node's report until the report lists it, or until a report
+/// made this long after the placement (by then the launch reached the node, so the report
+/// counts it — or it already ended there).
+const REPORT_LAG: chrono::Duration = chrono::Duration::seconds(1);
 
 /// How long a handler waits before looking at a sandbox again (no node fits, node unreachable).
 const RETRY: Duration = Duration::from_millis(500);
@@ -348,7 +356,8 @@ impl Moirai {
             // Placements already in a node's report no longer need counting on top of it.
             for n in &nodes {
                 if let Some(p) = v.placed.get_mut(&n.name) {
-                    p.retain(|(at, _)| *at + REPORT_LAG > n.heartbeat_at);
+                    let holds: std::collections::HashSet<&SandboxId> = n.holds.iter().collect();
+                    p.retain(|(at, id, _)| *at + REPORT_LAG > n.heartbeat_at && !holds.contains(id));
                 }
             }
             v.nodes = nodes;
@@ -368,7 +377,7 @@ impl Moirai {
                 .iter()
                 .map(|n| {
                     let mut n = n.clone();
-                    for (_, takes) in v.placed.get(&n.name).into_iter().flatten() {
+                    for (_, _, takes) in v.placed.get(&n.name).into_iter().flatten() {
                         n.used = n.used.plus(*takes);
                     }
                     n
@@ -379,7 +388,7 @@ impl Moirai {
                 Ok(fit) => {
                     let name = atropos(&fit, self.cfg.strategy).expect("fit is not empty").name.clone();
                     // Counted at once, so concurrent placements see it.
-                    v.placed.entry(name.clone()).or_default().push((Utc::now(), demand.takes));
+                    v.placed.entry(name.clone()).or_default().push((Utc::now(), rec.id.clone(), demand.takes));
                     name
                 }
             }
@@ -521,6 +530,7 @@ mod tests {
             runtime_version: String::new(),
             capacity: Capacity { vcpus: 4, memory_mib: mem, slots: 10 },
             used: Capacity { vcpus: 0, memory_mib: 0, slots: used_slots },
+            holds: Vec::new(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             started_at: Utc::now(),
             heartbeat_at: Utc::now() - chrono::Duration::seconds(age_s),
@@ -558,7 +568,10 @@ mod tests {
             "no node with 10000 MiB free; 2 nodes checked"
         );
         assert!(pick(&nodes, &demand(512, 8, &none), Strategy::LeastLoaded).is_err());
-        assert_eq!(pick(&[], &demand(1, 1, &none), Strategy::LeastLoaded).unwrap_err(), "no node has registered with Hades yet");
+        assert_eq!(
+            pick(&[], &demand(1, 1, &none), Strategy::LeastLoaded).unwrap_err(),
+            "no node has registered with Hades yet"
+        );
     }
 
     #[test]

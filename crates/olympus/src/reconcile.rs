@@ -87,7 +87,9 @@ pub async fn reconcile(moirai: &Moirai) -> Result<ReconcileReport, StoreError> {
             SandboxState::Running | SandboxState::Paused => {
                 if dead {
                     let why = match info {
-                        Some(n) => format!("node {node} stopped heartbeating (last at {})", n.heartbeat_at.to_rfc3339()),
+                        Some(n) => {
+                            format!("node {node} stopped heartbeating (last at {})", n.heartbeat_at.to_rfc3339())
+                        }
                         None => format!("node {node} is not registered with Hades"),
                     };
                     if lose(moirai, rec, why).await? {

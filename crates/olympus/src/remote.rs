@@ -58,8 +58,7 @@ impl RemoteNode {
     /// The agent of node `name` at `address` (e.g. `http://10.0.0.7:7071`), called with `secret`.
     pub fn new(name: &str, address: &str, secret: &str) -> Self {
         let address = address.trim_end_matches('/');
-        let address =
-            if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
+        let address = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
         // No client-wide timeout: streams last as long as their sandbox; each call sets its own.
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -116,11 +115,11 @@ impl RemoteNode {
     /// Opens an output stream and forwards its events. With `ends_with_exit`, a stream that
     /// ends without an exit event is reported as lost.
     async fn stream(&self, req: RequestBuilder, ends_with_exit: bool) -> Result<ExecStream, NodeError> {
-        // Only the answer is timed: the body lasts as long as the output does.
-        let sent = tokio::time::timeout(CALL_TIMEOUT, req.send())
+        // Only the answer (or an error's body) is timed: the stream lasts as long as the output does.
+        let answer = async { self.check(req.send().await.map_err(|e| self.transport(&e))?).await };
+        let resp = tokio::time::timeout(CALL_TIMEOUT, answer)
             .await
-            .map_err(|_| self.unreachable(format!("no answer within {CALL_TIMEOUT:?}")))?;
-        let resp = self.check(sent.map_err(|e| self.transport(&e))?).await?;
+            .map_err(|_| self.unreachable(format!("no answer within {CALL_TIMEOUT:?}")))??;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(forward(self.name.clone(), resp, tx, ends_with_exit));
         Ok(rx)
@@ -216,10 +215,10 @@ impl Lines {
     fn push(&mut self, chunk: &[u8]) -> Result<Vec<String>, String> {
         let Some(last_newline) = chunk.iter().rposition(|&b| b == b'\n') else {
             self.pending.extend_from_slice(chunk);
-            return match self.pending.len() > MAX_LINE {
-                true => Err(format!("a line of more than {MAX_LINE} bytes")),
-                false => Ok(Vec::new()),
-            };
+            if self.pending.len() > MAX_LINE {
+                return Err(format!("a line of more than {MAX_LINE} bytes"));
+            }
+            return Ok(Vec::new());
         };
         let mut complete = std::mem::take(&mut self.pending);
         complete.extend_from_slice(&chunk[..last_newline]);
@@ -520,9 +519,14 @@ mod tests {
     async fn a_broken_stream_still_ends_with_an_exit() {
         let id = SandboxId::generate();
         let req = ExecRequest { command: vec!["id".into()], ..Default::default() };
-        // The connection breaks midway.
+        // The connection breaks midway (once the answer has begun: hyper sends its head with
+        // the first chunk).
         let broken = fake_exec(|| {
-            Body::from_stream(futures::stream::iter([line(&hi()), Err(std::io::Error::other("agent died"))]))
+            let chunks = futures::stream::iter([line(&hi()), Err(std::io::Error::other("agent died"))]);
+            Body::from_stream(chunks.then(|c| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                c
+            }))
         })
         .await;
         let events = drain(broken.exec(&id, req.clone()).await.unwrap()).await;

@@ -68,12 +68,22 @@ impl Server {
         ::redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 
-    /// Kills the server (SIGKILL) and starts it again on the same port and directory.
-    async fn crash_and_restart(&mut self) {
+    /// Kills the server (SIGKILL): no shutdown, no final save.
+    fn crash(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Starts the server again on the same port and directory (so from its AOF).
+    async fn start_again(&mut self) {
         self.child = spawn(self.port, self.dir.path());
         self.wait_ready().await;
+    }
+
+    /// How many client connections the server has.
+    async fn clients(&self) -> usize {
+        let list: String = ::redis::cmd("CLIENT").arg("LIST").query_async(&mut self.raw().await).await.unwrap();
+        list.lines().count() - 1 // not counting the asking connection
     }
 
     async fn wait_ready(&self) {
@@ -481,6 +491,14 @@ async fn a_lost_stream_and_group_are_made_again() {
     assert_eq!(d.id, a);
     q.ack(&d.receipt).await.unwrap();
 
+    // Deleted while an entry is held: renewals find the group gone and make it again, and
+    // acknowledging the vanished entry is harmless.
+    q.push(&SandboxId::generate()).await.unwrap();
+    let held = q.pull().await.unwrap();
+    ::redis::cmd("DEL").arg("t:acheron").query_async::<i64>(&mut raw).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    q.ack(&held.receipt).await.unwrap();
+
     // Deleted while a pull is blocked reading it.
     let waiter = tokio::spawn({
         let q = q.clone();
@@ -511,7 +529,15 @@ async fn everything_works_again_after_redis_restarts() {
     let waiting = SandboxId::generate();
     s.push(&waiting).await.unwrap();
 
-    srv.crash_and_restart().await;
+    srv.crash();
+    // While Redis is down calls fail, promptly: no hang, no panic.
+    let t = Instant::now();
+    assert!(s.get(&before.id).await.is_err());
+    assert!(s.push(&SandboxId::generate()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_secs(15), s.pull()).await.expect("pull fails, not hangs").is_err());
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(500)).await; // the relay and the keepalive find it down too
+    srv.start_again().await;
 
     let after = record("acme");
     eventually(Duration::from_secs(10), || s.insert(&after, None)).await;
@@ -586,6 +612,15 @@ async fn the_relay_delivers_changes_made_by_other_processes() {
     assert!(tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_err());
     let waited = events.wait_terminal(here.as_ref(), &rec.id).await.unwrap().unwrap();
     assert_eq!(waited.state, SandboxState::Exited);
+
+    // Dropping the store ends its tasks and closes its connections, the relay's included.
+    let before = srv.clients().await;
+    drop(here);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while srv.clients().await > before - 3 {
+        assert!(Instant::now() < deadline, "{} of {before} connections still open", srv.clients().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -137,7 +137,10 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
         format!("labels {:?}", args.labels),
     ])?;
     let app = tartarus_hecatoncheir::api::router(agent, secret);
-    axum::serve(listener, app).with_graceful_shutdown(daemon::shutdown_signal()).await.context("serving the agent API")?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(daemon::shutdown_signal())
+        .await
+        .context("serving the agent API")?;
     eprintln!("tartarus: agent {node} stopped; its sandboxes keep running and are re-adopted by its next start");
     Ok(0)
 }

@@ -2,7 +2,8 @@
 //! data dir — by trying them, and says what to install or change for those that fail.
 //!
 //! It talks to no realm: it runs a trivial sandbox with `runsc` itself, so it also works
-//! before the first `tartarus up`.
+//! before the first `tartarus up`. With `--redis URL` it also checks a fleet's Redis: that it
+//! answers, is new enough, and keeps what it acknowledges (AOF on, no eviction).
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tartarus_hecatoncheir::erinyes::CgroupVersion;
 use tartarus_hecatoncheir::runtime::gvisor::{Platform, RunscInfo};
+use tartarus_store::redis::RedisSettings;
+use tartarus_store::{RedisConfig, RedisStore, StoreError};
 
 use super::Global;
 use crate::output::Format;
@@ -24,18 +27,26 @@ const KVM_LIMIT: Duration = Duration::from_secs(15);
 /// The cgroup parent of the test sandboxes.
 const CGROUP_PARENT: &str = "/tartarus-doctor";
 const INSTALL_RUNSC: &str = "install: scripts/setup.sh (or apt-get install runsc)";
+/// The oldest Redis with `XAUTOCLAIM`, which Acheron's reclaiming of abandoned entries uses.
+const REDIS_MIN: (u32, u32) = (6, 2);
 
 /// Arguments.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
   sudo tartarus doctor
   sudo tartarus doctor -o json | jq '.checks[] | select(.status != \"ok\")'
+  sudo tartarus doctor --redis redis://10.0.0.2:6379   # and the Redis of a fleet
 
-Exit code: 0 when runsc can run a sandbox on this host, 1 otherwise.")]
+Exit code: 0 when runsc can run a sandbox on this host (and, with --redis, that Redis passes
+its checks), 1 otherwise.")]
 pub struct Args {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// Also check the Redis of a fleet (Olympus and agents): reachable, 6.2 or newer, `appendonly
+    /// yes`, `maxmemory-policy noeviction`.
+    #[arg(long, env = "TARTARUS_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
 }
 
 /// How a check came out.
@@ -108,11 +119,17 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     checks.push(iptables().await);
     checks.push(busybox(Path::new(BUSYBOX)));
     checks.push(data_dir(&g.data_dir));
+    let mut redis_ok = true;
+    if let Some(url) = &args.redis {
+        let found = redis(url).await;
+        redis_ok = found.iter().all(|c| c.status != Status::Fail);
+        checks.extend(found);
+    }
     match args.output {
         Format::Json => crate::output::print_json(&Report { checks })?,
         Format::Table => print!("{}", render(&checks)),
     }
-    Ok(if runs { 0 } else { 1 })
+    Ok(if runs && redis_ok { 0 } else { 1 })
 }
 
 /// One line per check, and a `→ fix:` line under each that is not ok.
@@ -356,6 +373,140 @@ fn data_dir(dir: &Path) -> Check {
     }
 }
 
+/// Connects to the Redis at `url` as Olympus and the agents do, and judges its settings.
+async fn redis(url: &str) -> Vec<Check> {
+    let shown = redacted(url);
+    let cfg = RedisConfig {
+        url: url.to_owned(),
+        prefix: "tartarus".into(),
+        consumer: "doctor".into(),
+        claim_after: Duration::from_secs(30),
+    };
+    let store = match RedisStore::connect(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            let why = tcp_probe(url).await;
+            return vec![Check::fail(
+                "redis",
+                format!("{}{why}", store_error(&e)),
+                "check the URL (redis://[:PASSWORD@]HOST:PORT[/DB]) and that Redis 6.2 or newer listens there; \
+                 for a local one: scripts/redis.sh start (prints REDIS_URL)",
+            )];
+        }
+    };
+    match store.settings().await {
+        Ok(s) => redis_verdict(&shown, &s),
+        Err(e) => vec![Check::fail(
+            "redis",
+            format!("connected to {shown} but cannot read its settings: {}", store_error(&e)),
+            "let this user run INFO and CONFIG GET (an ACL may forbid them)",
+        )],
+    }
+}
+
+/// The checks of a reachable Redis (`shown` is its URL, password masked) from its settings.
+fn redis_verdict(shown: &str, s: &RedisSettings) -> Vec<Check> {
+    let (min_major, min_minor) = REDIS_MIN;
+    let version = match parse_version(&s.version) {
+        Some(v) if v >= REDIS_MIN => Check::ok("redis", format!("Redis {} at {shown}", s.version)),
+        Some(_) => Check::fail(
+            "redis",
+            format!(
+                "Redis {} at {shown} is older than {min_major}.{min_minor}: it lacks XAUTOCLAIM, which Acheron needs \
+                 to take back entries a dead process held",
+                s.version
+            ),
+            format!("upgrade to Redis {min_major}.{min_minor} or newer (Debian 12's redis-server is 7.0)"),
+        ),
+        None => Check::warn(
+            "redis",
+            format!("Redis at {shown} reports no version Tartarus understands ({:?})", s.version),
+            format!("make sure it is Redis {min_major}.{min_minor} or newer"),
+        ),
+    };
+    let aof = if s.appendonly {
+        Check::ok("redis aof", "appendonly yes: what Redis acknowledged survives its restart")
+    } else {
+        Check::fail(
+            "redis aof",
+            "appendonly no: Acheron and records acknowledged to clients can be lost on a Redis restart",
+            "set `appendonly yes` (and appendfsync everysec or always) in redis.conf, or CONFIG SET then \
+             CONFIG REWRITE; scripts/redis.sh starts a Redis set up so",
+        )
+    };
+    let eviction = if s.maxmemory_policy == "noeviction" {
+        Check::ok("redis eviction", "maxmemory-policy noeviction: Redis refuses writes rather than drop keys")
+    } else {
+        Check::fail(
+            "redis eviction",
+            format!(
+                "maxmemory-policy {}: Redis may evict sandbox records and queue entries under memory pressure",
+                s.maxmemory_policy
+            ),
+            "set maxmemory-policy noeviction in redis.conf, or CONFIG SET then CONFIG REWRITE",
+        )
+    };
+    vec![version, aof, eviction]
+}
+
+/// `major.minor` of a `redis_version` such as `7.0.15`.
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Why a TCP connection to the Redis of `url` fails, as ` (…)`; empty if it does not (or for
+/// URLs without a TCP address). The store gives up on a deadline; this names the network cause
+/// (refused, no route, unknown host) when there is one.
+async fn tcp_probe(url: &str) -> String {
+    let Some(addr) = tcp_address(url) else { return String::new() };
+    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await {
+        Ok(Ok(_)) => String::new(),
+        Ok(Err(e)) => format!(" (TCP connect to {addr}: {e})"),
+        Err(_) => format!(" (TCP connect to {addr}: no answer in 2 s)"),
+    }
+}
+
+/// A store error and its causes on one line, without the generic "state database" label.
+fn store_error(e: &StoreError) -> String {
+    match e {
+        StoreError::Database { context, source } => format!("{context}: {}", causes(source.as_ref())),
+        other => causes(other),
+    }
+}
+
+/// An error and its causes on one line.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(e), |e| e.source()).map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+/// `host:port` of a `redis://` or `rediss://` URL (port 6379 when none is given).
+fn tcp_address(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    if host_port.is_empty() {
+        return None;
+    }
+    let has_port = match host_port.rfind(']') {
+        Some(close) => host_port[close..].contains(':'),
+        None => host_port.contains(':'),
+    };
+    Some(if has_port { host_port.to_owned() } else { format!("{host_port}:6379") })
+}
+
+/// The URL with its password masked.
+fn redacted(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let Some(at) = url[start..].find('@').map(|i| start + i) else { return url.to_owned() };
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +574,71 @@ mod tests {
         let json = serde_json::to_value(Report { checks: checks.to_vec() }).unwrap();
         assert_eq!(json["checks"][1]["status"], "fail");
         assert_eq!(json["checks"][0]["fix"], serde_json::Value::Null);
+    }
+
+    fn settings(version: &str, appendonly: bool, policy: &str) -> RedisSettings {
+        RedisSettings { version: version.into(), appendonly, maxmemory_policy: policy.into() }
+    }
+
+    fn statuses(checks: &[Check]) -> Vec<(&str, Status)> {
+        checks.iter().map(|c| (c.name.as_str(), c.status)).collect()
+    }
+
+    #[test]
+    fn redis_set_up_for_tartarus_passes() {
+        let checks = redis_verdict("redis://127.0.0.1:6379", &settings("7.0.15", true, "noeviction"));
+        assert_eq!(
+            statuses(&checks),
+            [("redis", Status::Ok), ("redis aof", Status::Ok), ("redis eviction", Status::Ok)]
+        );
+        assert_eq!(checks[0].detail, "Redis 7.0.15 at redis://127.0.0.1:6379");
+        assert!(redis_verdict("u", &settings("6.2.0", true, "noeviction")).iter().all(|c| c.status == Status::Ok));
+        assert!(redis_verdict("u", &settings("10.0.1", true, "noeviction")).iter().all(|c| c.status == Status::Ok));
+    }
+
+    #[test]
+    fn redis_without_aof_or_with_eviction_fails() {
+        let checks = redis_verdict("u", &settings("7.2.4", false, "allkeys-lru"));
+        assert_eq!(
+            statuses(&checks),
+            [("redis", Status::Ok), ("redis aof", Status::Fail), ("redis eviction", Status::Fail)]
+        );
+        assert!(checks[1].detail.contains("can be lost on a Redis restart"), "{}", checks[1].detail);
+        assert!(checks[1].fix.as_deref().unwrap().contains("appendonly yes"));
+        assert!(checks[2].detail.contains("allkeys-lru"), "{}", checks[2].detail);
+        assert!(checks[2].fix.as_deref().unwrap().contains("maxmemory-policy noeviction"));
+        let checks = redis_verdict("u", &settings("7.2.4", true, "volatile-lru"));
+        assert_eq!(checks[2].status, Status::Fail);
+    }
+
+    #[test]
+    fn redis_older_than_6_2_fails() {
+        for old in ["6.0.16", "5.0.14", "6.1.0"] {
+            let checks = redis_verdict("u", &settings(old, true, "noeviction"));
+            assert_eq!(checks[0].status, Status::Fail, "{old}");
+            assert!(checks[0].detail.contains("XAUTOCLAIM"), "{}", checks[0].detail);
+        }
+        let checks = redis_verdict("u", &settings("", true, "noeviction"));
+        assert_eq!(checks[0].status, Status::Warn);
+    }
+
+    #[test]
+    fn versions_and_urls() {
+        assert_eq!(parse_version("7.0.15"), Some((7, 0)));
+        assert_eq!(parse_version("6.2"), Some((6, 2)));
+        assert_eq!(parse_version("255.255.255"), Some((255, 255)));
+        assert_eq!(parse_version("7"), None);
+        assert_eq!(parse_version("x.y"), None);
+        assert_eq!(redacted("redis://:secret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redacted("redis://user:secret@h:6379"), "redis://user:***@h:6379");
+        assert_eq!(redacted("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redacted("redis://user@h"), "redis://user@h");
+        assert_eq!(tcp_address("redis://:p@w@10.0.0.2:6380/1").as_deref(), Some("10.0.0.2:6380"));
+        assert_eq!(tcp_address("rediss://redis.example?protocol=resp3").as_deref(), Some("redis.example:6379"));
+        assert_eq!(tcp_address("redis://[::1]").as_deref(), Some("[::1]:6379"));
+        assert_eq!(tcp_address("redis://[::1]:7000/0").as_deref(), Some("[::1]:7000"));
+        assert_eq!(tcp_address("redis+unix:///run/redis.sock"), None);
+        assert_eq!(tcp_address("redis://"), None);
     }
 
     #[test]

@@ -37,7 +37,12 @@ pub async fn execute(cmd: Command, g: &Global) -> anyhow::Result<i32> {
         Command::Ls { output: Format::Table } => print!("{}", render(&client.nodes().await?)),
         Command::Drain { name } => {
             let n = client.drain(&name, true).await?;
-            println!("node {} is {}: no new sandboxes go there ({} still running)", n.info.name, n.state.as_str(), n.info.used.slots);
+            println!(
+                "node {} is {}: no new sandboxes go there ({} still running)",
+                n.info.name,
+                n.state.as_str(),
+                n.info.used.slots
+            );
         }
         Command::Undrain { name } => {
             let n = client.drain(&name, false).await?;

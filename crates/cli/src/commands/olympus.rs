@@ -126,6 +126,8 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
         format!("olympus {name} on {}", args.redis),
     ])?;
     olympus.serve(listener, daemon::shutdown_signal()).await.context("serving the API")?;
-    eprintln!("tartarus: olympus {name} stopped; what it held in Acheron is taken over by another Olympus or by its restart");
+    eprintln!(
+        "tartarus: olympus {name} stopped; what it held in Acheron is taken over by another Olympus or by its restart"
+    );
     Ok(0)
 }

@@ -12,6 +12,8 @@
 //! machine without root, `runsc` or `/bin/busybox`.
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
@@ -96,24 +98,24 @@ pub fn build_busybox_rootfs(dir: &Path) {
 }
 
 /// A running `tartarus up` on its own temporary data dir, with the `busybox` template.
+///
+/// It dereferences to its [`Api`], so `realm.create(…)`, `realm.url` and the like work directly.
 pub struct Realm {
-    /// Base URL, e.g. `http://127.0.0.1:41234`.
-    pub url: String,
-    /// The admin token.
-    pub token: String,
+    /// The realm's API.
+    pub api: Api,
     /// The data dir (`--data-dir`).
     pub data_dir: PathBuf,
     /// The busybox root filesystem the template was imported from.
     pub rootfs: PathBuf,
-    child: Option<Child>,
-    /// Everything `tartarus up` printed, across restarts.
-    log: Arc<Mutex<Vec<u8>>>,
-    http: reqwest::Client,
+    daemon: Daemon,
     tmp: tempfile::TempDir,
-    /// Extra arguments of `tartarus up` (after `--listen`), kept for restarts.
-    up_args: Vec<String>,
-    /// Extra environment of `tartarus up`, kept for restarts.
-    up_env: Vec<(String, String)>,
+}
+
+impl std::ops::Deref for Realm {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Realm {
@@ -133,34 +135,113 @@ impl Realm {
         let rootfs = tmp.path().join("busybox-rootfs");
         std::fs::create_dir_all(&data_dir).expect("create data dir");
         build_busybox_rootfs(&rootfs);
-        let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().expect("http client");
-        let mut realm = Realm {
-            url: String::new(),
-            token: String::new(),
-            data_dir,
-            rootfs,
-            child: None,
-            log: Arc::new(Mutex::new(Vec::new())),
-            http,
-            tmp,
-            up_args: args.iter().map(|a| a.to_string()).collect(),
-            up_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
+        let mut up: Vec<String> = vec!["--data-dir".into(), data_dir.display().to_string()];
+        up.extend(["up", "--listen", "127.0.0.1:0"].map(String::from));
+        up.extend(args.iter().map(|a| a.to_string()));
+        let daemon = Daemon::new("tartarus up", up, env, "tartarus: listening on ");
+        let api = Api::new(&data_dir, daemon.log.clone());
+        let mut realm = Realm { api, data_dir, rootfs, daemon, tmp };
         realm.start_again().await;
-        let (status, body) = realm.post("/v1/templates", json!({"name": TEMPLATE, "path": realm.rootfs})).await;
-        assert_eq!(status, StatusCode::CREATED, "POST /v1/templates: {body}");
+        realm.api.register_template(TEMPLATE, &realm.rootfs).await;
         realm
     }
 
     /// Starts `tartarus up` again on the same data dir (after [`Realm::kill`] or [`Realm::stop`]).
     pub async fn start_again(&mut self) {
-        assert!(self.child.is_none(), "the realm is already running");
+        let url = self.daemon.start().await;
+        assert!(url.starts_with("http://127.0.0.1:"), "unexpected address line: {url}");
+        self.api.url = url;
+        self.api.token = read_secret(&self.data_dir.join("admin.token"), &self.daemon).await;
+    }
+
+    /// The pid of `tartarus up`.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// Kills `tartarus up` with SIGKILL (sandboxes keep running: their shims are detached).
+    pub fn kill(&mut self) {
+        self.daemon.kill();
+    }
+
+    /// Stops `tartarus up` with SIGTERM; panics unless it exits successfully within 20 s.
+    pub async fn stop(&mut self) {
+        self.daemon.stop().await;
+    }
+
+    /// SIGKILLs `tartarus up` and starts it again on the same data dir (on a new port).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.start_again().await;
+    }
+
+    /// What `tartarus up` printed so far.
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    /// The directory of a sandbox on the node.
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("sandboxes").join(id)
+    }
+
+    /// The pid of a sandbox's shim, from `<data-dir>/sandboxes/<id>/shim.pid`.
+    pub fn shim_pid(&self, id: &str) -> u32 {
+        shim_pid_in(&self.data_dir, id)
+    }
+}
+
+/// The pid of a sandbox's shim, from `<data_dir>/sandboxes/<id>/shim.pid`.
+pub fn shim_pid_in(data_dir: &Path, id: &str) -> u32 {
+    let f = data_dir.join("sandboxes").join(id).join("shim.pid");
+    let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    text.trim().parse().unwrap_or_else(|e| panic!("{}: {text:?}: {e}", f.display()))
+}
+
+/// Reads a token or secret file a daemon writes at start-up (waits for it a little).
+pub async fn read_secret(path: &Path, daemon: &Daemon) -> String {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => return t.trim().to_string(),
+            _ if Instant::now() > deadline => panic!("{} missing or empty:\n{}", path.display(), daemon.log()),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A `tartarus` daemon (`up`, `olympus`, `agent`) run by a test: its output kept, its start
+/// recognised by a line on stdout, killed with the test process if that dies.
+pub struct Daemon {
+    label: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    announce: String,
+    child: Option<Child>,
+    /// Everything it printed, across restarts (stdout lines prefixed `[stdout]`).
+    pub log: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Daemon {
+    /// A daemon `tartarus ARGS` (not started) that announces itself with a stdout line starting
+    /// with `announce`.
+    pub fn new(label: &str, args: Vec<String>, env: &[(&str, &str)], announce: &str) -> Daemon {
+        Daemon {
+            label: label.into(),
+            args,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            announce: announce.into(),
+            child: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Starts it; returns what follows the announcement on its line (an address).
+    pub async fn start(&mut self) -> String {
+        assert!(self.child.is_none(), "{} is already running", self.label);
         let mut cmd = Command::new(BIN);
-        cmd.arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["up", "--listen", "127.0.0.1:0"])
-            .args(&self.up_args)
-            .envs(self.up_env.iter().map(|(k, v)| (k, v)))
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("TARTARUS_API")
             .env_remove("TARTARUS_TOKEN")
             .env_remove("TARTARUS_DATA_DIR")
@@ -169,7 +250,7 @@ impl Realm {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // SAFETY: prctl is async-signal-safe. If the test process dies without dropping the
-        // realm (a CI timeout), the kernel kills `tartarus up` rather than leaving it behind.
+        // daemon (a CI timeout), the kernel kills it rather than leaving it behind.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -179,12 +260,10 @@ impl Realm {
             });
         }
         let started = Instant::now();
-        let mut child = cmd.spawn().expect("spawn tartarus up");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", self.label));
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         self.child = Some(child);
-
-        // stderr: kept for the failure report.
         let log = Arc::clone(&self.log);
         std::thread::spawn(move || {
             let mut stderr = stderr;
@@ -196,7 +275,6 @@ impl Realm {
                 log.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        // stdout: the address line is handed over; every line is kept.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let log = Arc::clone(&self.log);
         std::thread::spawn(move || {
@@ -206,45 +284,39 @@ impl Realm {
                 let _ = tx.send(line);
             }
         });
-
-        let url = loop {
+        loop {
             match tokio::time::timeout_at((started + START_TIMEOUT).into(), rx.recv()).await {
                 Ok(Some(line)) => {
-                    if let Some(addr) = line.strip_prefix("tartarus: listening on ") {
-                        break addr.trim().trim_end_matches('/').to_string();
+                    if let Some(rest) = line.strip_prefix(&self.announce) {
+                        return rest.trim().trim_end_matches('/').to_string();
                     }
                 }
                 Ok(None) => {
                     let status = self.child.as_mut().and_then(|c| c.wait().ok());
                     self.child = None;
-                    panic!("tartarus up ended ({status:?}) before printing its address:\n{}", self.log());
+                    panic!("{} ended ({status:?}) before announcing itself:\n{}", self.label, self.log());
                 }
-                Err(_) => {
-                    panic!("tartarus up printed no `listening on` line within {START_TIMEOUT:?}:\n{}", self.log())
-                }
+                Err(_) => panic!(
+                    "{} printed no {:?} line within {START_TIMEOUT:?}:\n{}",
+                    self.label,
+                    self.announce,
+                    self.log()
+                ),
             }
-        };
-        assert!(url.starts_with("http://127.0.0.1:"), "unexpected address line: {url}");
-        self.url = url;
-
-        let token_file = self.data_dir.join("admin.token");
-        self.token = loop {
-            match std::fs::read_to_string(&token_file) {
-                Ok(t) if !t.trim().is_empty() => break t.trim().to_string(),
-                _ if started.elapsed() > START_TIMEOUT => {
-                    panic!("{} missing or empty:\n{}", token_file.display(), self.log())
-                }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
+        }
     }
 
-    /// The pid of `tartarus up`.
+    /// Its pid.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("realm running").id()
+        self.child.as_ref().unwrap_or_else(|| panic!("{} not running", self.label)).id()
     }
 
-    /// Kills `tartarus up` with SIGKILL (sandboxes keep running: their shims are detached).
+    /// Whether it has been started and not killed or stopped.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills it with SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -252,48 +324,67 @@ impl Realm {
         }
     }
 
-    /// Stops `tartarus up` with SIGTERM; panics unless it exits successfully within 20 s.
+    /// Stops it with SIGTERM; panics unless it exits successfully within 20 s.
     pub async fn stop(&mut self) {
-        let mut child = self.child.take().expect("realm running");
+        let mut child = self.child.take().unwrap_or_else(|| panic!("{} not running", self.label));
         signal(child.id() as i32, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match child.try_wait().expect("wait for tartarus up") {
+            match child.try_wait().expect("wait for the daemon") {
                 Some(status) => {
-                    assert!(status.success(), "tartarus up exited with {status} on SIGTERM:\n{}", self.log());
+                    assert!(status.success(), "{} exited with {status} on SIGTERM:\n{}", self.label, self.log());
                     return;
                 }
                 None if Instant::now() > deadline => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("tartarus up did not exit within 20 s of SIGTERM:\n{}", self.log());
+                    panic!("{} did not exit within 20 s of SIGTERM:\n{}", self.label, self.log());
                 }
                 None => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
     }
 
-    /// SIGKILLs `tartarus up` and starts it again on the same data dir (on a new port).
-    pub async fn restart(&mut self) {
-        self.kill();
-        self.start_again().await;
-    }
-
-    /// What `tartarus up` printed so far.
+    /// What it printed so far.
     pub fn log(&self) -> String {
         String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
     }
+}
 
-    /// The directory of a sandbox on the node.
-    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
-        self.data_dir.join("sandboxes").join(id)
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A realm's API, as the tests call it: HTTP with the admin token, and the CLI.
+pub struct Api {
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// The admin token.
+    pub token: String,
+    /// The data dir the CLI is pointed at (`TARTARUS_DATA_DIR`).
+    pub cli_data_dir: PathBuf,
+    http: reqwest::Client,
+    /// The serving daemon's output, shown when a request fails.
+    log: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Api {
+    /// An API client (url and token filled in once the daemon runs).
+    pub fn new(data_dir: &Path, log: Arc<Mutex<Vec<u8>>>) -> Api {
+        let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().expect("http client");
+        Api { url: String::new(), token: String::new(), cli_data_dir: data_dir.to_owned(), http, log }
     }
 
-    /// The pid of a sandbox's shim, from `<data-dir>/sandboxes/<id>/shim.pid`.
-    pub fn shim_pid(&self, id: &str) -> u32 {
-        let f = self.sandbox_dir(id).join("shim.pid");
-        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        text.trim().parse().unwrap_or_else(|e| panic!("{}: {text:?}: {e}", f.display()))
+    fn daemon_log(&self) -> String {
+        String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
+    }
+
+    /// Registers template `name` from the root filesystem at `rootfs`.
+    pub async fn register_template(&self, name: &str, rootfs: &Path) {
+        let (status, body) = self.post("/v1/templates", json!({"name": name, "path": rootfs})).await;
+        assert_eq!(status, StatusCode::CREATED, "POST /v1/templates: {body}");
     }
 
     // --- HTTP ----------------------------------------------------------------------------
@@ -305,7 +396,7 @@ impl Realm {
 
     /// Sends a request; returns the status and the body as JSON (a JSON string if it is not JSON).
     pub async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let resp = req.send().await.unwrap_or_else(|e| panic!("request failed: {e:#}\n{}", self.log()));
+        let resp = req.send().await.unwrap_or_else(|e| panic!("request failed: {e:#}\n{}", self.daemon_log()));
         let status = resp.status();
         let text = resp.text().await.expect("response body");
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -438,7 +529,7 @@ impl Realm {
         cmd.args(args)
             .env("TARTARUS_API", &self.url)
             .env("TARTARUS_TOKEN", &self.token)
-            .env("TARTARUS_DATA_DIR", &self.data_dir)
+            .env("TARTARUS_DATA_DIR", &self.cli_data_dir)
             .stdin(Stdio::null())
             .kill_on_drop(true);
         let out = tokio::time::timeout(CLI_TIMEOUT, cmd.output())
@@ -461,16 +552,21 @@ impl Drop for Realm {
         }
         self.kill();
         // Sandboxes outlive `tartarus up` by design; end whatever of ours still runs.
-        let marker = self.tmp.path().to_string_lossy().into_owned();
-        let pids = pids_matching(|cmdline| cmdline.contains(&marker));
-        for &pid in &pids {
-            signal(pid, libc::SIGKILL);
-        }
-        wait_gone(&pids, Duration::from_secs(5));
-        remove_cgroups(&self.data_dir.join("sandboxes"));
+        kill_leftovers(self.tmp.path(), &self.data_dir.join("sandboxes"));
     }
 }
 
+/// Kills every process whose command line mentions `marker` (sandboxes' shims and runsc) and
+/// removes the cgroups of sandboxes under `sandboxes`.
+pub fn kill_leftovers(marker: &Path, sandboxes: &Path) {
+    let marker = marker.to_string_lossy().into_owned();
+    let pids = pids_matching(|cmdline| cmdline.contains(&marker));
+    for &pid in &pids {
+        signal(pid, libc::SIGKILL);
+    }
+    wait_gone(&pids, Duration::from_secs(5));
+    remove_cgroups(sandboxes);
+}
 /// What a CLI invocation did.
 pub struct CliOutput {
     /// The arguments.

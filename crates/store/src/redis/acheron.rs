@@ -132,9 +132,10 @@ fn check_receipt(receipt: &str) -> Result<(), StoreError> {
 }
 
 impl RedisStore {
-    /// Runs a command of the group (each is safe to repeat: at worst an entry read twice is
-    /// delivered twice, as the queue allows). If the group is gone, makes it again and runs the
-    /// command once more; if the connection failed under it, runs it once more.
+    /// Runs a command of the group. If the group is gone, makes it again and runs the command
+    /// once more; if the connection failed under it, runs it once more too — each is safe to
+    /// repeat: entries a lost reply delivered stay pending here unseen, and `XAUTOCLAIM` (here
+    /// or elsewhere) takes them back after `claim_after`.
     async fn grouped(&self, conn: &ConnectionManager, cmd: &Cmd, context: &str) -> Result<Value, StoreError> {
         let mut c = conn.clone();
         let (mut regrouped, mut repeated) = (false, false);
@@ -341,8 +342,10 @@ impl RedisStore {
             let mut renew = scripts::RENEW.prepare_invoke();
             renew.key(&self.keys.acheron).arg(GROUP).arg(&self.cfg.consumer).arg(chunk);
             let renew = &renew;
-            let renewed = self
-                .repeatable("renew Acheron entries", |mut c| async move { renew.invoke_async::<Vec<String>>(&mut c).await })
+            let renewed =
+                self.repeatable("renew Acheron entries", |mut c| async move {
+                    renew.invoke_async::<Vec<String>>(&mut c).await
+                })
                 .await;
             let lost = match renewed {
                 Ok(lost) => lost,

@@ -2,13 +2,13 @@
 //!
 //! Layout:
 //! - this file: configuration, connecting, key names, error mapping and stream-reply parsing;
-//! - [`records`](self::records): sandbox records, templates, Hades and Cocytus — every write that
-//!   touches more than one key is one Lua script, so it is atomic without `WATCH` (which a shared,
-//!   multiplexed connection cannot use);
-//! - [`acheron`](self::acheron): the queue, a stream read through the consumer group `moirai`,
-//!   with the entries a process holds renewed so that no other process takes them;
-//! - [`relay`](self::relay): the change feed (every write is published) into [`Events`];
-//! - [`scripts`](self::scripts): the Lua scripts.
+//! - `records`: sandbox records, templates, Hades and Cocytus. Writes touching several keys are
+//!   atomic (`MULTI`, or a Lua script when they must check first); updates are compare-and-set
+//!   in a script, as `WATCH` cannot be used on a shared, multiplexed connection;
+//! - `acheron`: the queue, a stream read through the consumer group `moirai`, with the entries
+//!   a process holds renewed so that no other process takes them;
+//! - `relay`: the change feed (every write is published) into [`Events`];
+//! - `scripts`: the Lua scripts.
 //!
 //! Keys (`P` is [`RedisConfig::prefix`]): `P:sb:{id}` record JSON, `P:sandboxes` (zset by
 //! creation time), `P:live:{tenant}` (set of live ids), `P:tpl:{name}` and `P:templates`,
@@ -17,7 +17,9 @@
 //!
 //! Connections reconnect by themselves (a `ConnectionManager`) and every command times out, so a
 //! Redis restart shows up as errors from the calls made meanwhile, never as a hang or a panic;
-//! afterwards everything works again without anyone stepping in.
+//! afterwards everything works again without anyone stepping in. A background task pings every
+//! second so that an idle connection broken by a restart is replaced before a caller needs it,
+//! and commands safe to repeat are run once more when the connection failed under them.
 
 mod acheron;
 mod records;

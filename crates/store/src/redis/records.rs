@@ -3,11 +3,11 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
-use redis::{Cmd, Value};
+use redis::Value;
 use tartarus_core::{Failure, NodeInfo, SandboxId, SandboxRecord, TemplateName, TemplateRecord};
 use tracing::{debug, instrument, warn};
 
-use super::{db, decode, encode, entries, scripts, RedisStore, COCYTUS_KEEP, PAGE};
+use super::{db, decode, encode, entries, scripts, transient, RedisStore, COCYTUS_KEEP, PAGE};
 use crate::{Cocytus, FailureFilter, Hades, Mutation, SandboxFilter, SandboxStore, StoreError, TemplateStore};
 
 /// How often an update is tried again when another writer changed the record in between
@@ -15,10 +15,6 @@ use crate::{Cocytus, FailureFilter, Hades, Mutation, SandboxFilter, SandboxStore
 const CAS_TRIES: usize = 1000;
 
 impl RedisStore {
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd, context: &str) -> Result<T, StoreError> {
-        cmd.query_async(&mut self.conn.clone()).await.map_err(db(context))
-    }
-
     /// The values of `keys` that exist, decoded, in order.
     async fn values<T: serde::de::DeserializeOwned>(&self, keys: &[String]) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
@@ -44,20 +40,31 @@ impl RedisStore {
 impl SandboxStore for RedisStore {
     #[instrument(skip_all, fields(sandbox = %rec.id))]
     async fn insert(&self, rec: &SandboxRecord, max_live: Option<usize>) -> Result<(), StoreError> {
-        let id = rec.id.as_str();
-        let (code, live): (i64, i64) = scripts::INSERT
-            .key(self.keys.sandbox(id))
+        let (id, key, bytes) = (rec.id.as_str(), self.keys.sandbox(rec.id.as_str()), encode(rec));
+        let mut insert = scripts::INSERT.prepare_invoke();
+        insert
+            .key(&key)
             .key(&self.keys.sandboxes)
             .key(self.keys.live(&rec.spec.tenant))
-            .arg(encode(rec))
+            .arg(&bytes)
             .arg(id)
             .arg(rec.created_at.timestamp_millis())
             .arg(u8::from(!rec.state.is_terminal()))
             .arg(max_live.map(|m| m.to_string()).unwrap_or_default())
-            .arg(&self.keys.events)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(db(format!("insert {id}")))?;
+            .arg(&self.keys.events);
+        let context = format!("insert {id}");
+        let (code, live): (i64, i64) = match insert.invoke_async(&mut self.conn.clone()).await {
+            Ok(reply) => reply,
+            Err(e) if transient(&e) => {
+                // It may have been stored before the connection failed: the key says.
+                match self.query::<Option<Vec<u8>>>(redis::cmd("GET").arg(&key), "read").await? {
+                    Some(stored) if stored == bytes => (0, 0),
+                    Some(_) => (1, 0),
+                    None => insert.invoke_async(&mut self.conn.clone()).await.map_err(db(context))?,
+                }
+            }
+            Err(e) => return Err(db(context)(e)),
+        };
         match (code, max_live) {
             (0, _) => Ok(()),
             (2, Some(max)) => Err(StoreError::QuotaExceeded {
@@ -134,20 +141,32 @@ impl SandboxStore for RedisStore {
             change(&mut rec);
             let terminal = rec.state.is_terminal();
             let failure = terminal.then(|| Failure::of(&rec)).flatten().map(|f| encode(&f)).unwrap_or_default();
-            let written: i64 = scripts::UPDATE
-                .key(&key)
+            let new = encode(&rec);
+            let mut cas = scripts::UPDATE.prepare_invoke();
+            cas.key(&key)
                 .key(live)
                 .key(&self.keys.cocytus)
-                .arg(old)
-                .arg(encode(&rec))
+                .arg(&old)
+                .arg(&new)
                 .arg(id.as_str())
                 .arg(u8::from(terminal))
                 .arg(failure)
                 .arg(&self.keys.events)
-                .arg(COCYTUS_KEEP)
-                .invoke_async(&mut self.conn.clone())
-                .await
-                .map_err(db(format!("update {id}")))?;
+                .arg(COCYTUS_KEEP);
+            let written: i64 = match cas.invoke_async(&mut self.conn.clone()).await {
+                Ok(written) => written,
+                Err(e) if transient(&e) => {
+                    // It may have run before the connection failed: the record says. (Running
+                    // the change again on top of its own result would apply it twice.)
+                    let now: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&key), "read").await?;
+                    match now {
+                        Some(now) if now == new => 1,
+                        Some(now) if now == old => 0,
+                        _ => return Err(db(format!("update {id}"))(e)),
+                    }
+                }
+                Err(e) => return Err(db(format!("update {id}"))(e)),
+            };
             if written == 1 {
                 return Ok(Some(rec));
             }
@@ -169,7 +188,7 @@ fn sort_newest_first(recs: &mut [SandboxRecord]) {
 impl TemplateStore for RedisStore {
     async fn put_template(&self, t: &TemplateRecord) -> Result<(), StoreError> {
         let name = t.name.as_str();
-        redis::pipe()
+        let put = redis::pipe()
             .atomic()
             .cmd("SET")
             .arg(self.keys.template(name))
@@ -179,9 +198,10 @@ impl TemplateStore for RedisStore {
             .arg(&self.keys.templates)
             .arg(name)
             .ignore()
-            .query_async::<()>(&mut self.conn.clone())
+            .clone();
+        let put = &put;
+        self.repeatable(&format!("store template {name}"), |mut c| async move { put.query_async::<()>(&mut c).await })
             .await
-            .map_err(db(format!("store template {name}")))
     }
 
     async fn template(&self, name: &TemplateName) -> Result<Option<TemplateRecord>, StoreError> {
@@ -217,7 +237,7 @@ impl Hades for RedisStore {
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), StoreError> {
         // The flag lives in its own set, owned by `set_draining`: a heartbeat cannot undo a drain.
         let stored = NodeInfo { draining: false, ..node.clone() };
-        redis::pipe()
+        let beat = redis::pipe()
             .atomic()
             .cmd("SET")
             .arg(self.keys.node(&node.name))
@@ -227,9 +247,13 @@ impl Hades for RedisStore {
             .arg(&self.keys.nodes)
             .arg(&node.name)
             .ignore()
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(db(format!("heartbeat of {}", node.name)))
+            .clone();
+        let beat = &beat;
+        self.repeatable(
+            &format!("heartbeat of {}", node.name),
+            |mut c| async move { beat.query_async::<()>(&mut c).await },
+        )
+        .await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
@@ -244,14 +268,11 @@ impl Hades for RedisStore {
     }
 
     async fn set_draining(&self, name: &str, draining: bool) -> Result<bool, StoreError> {
-        let known: i64 = scripts::DRAIN
-            .key(&self.keys.nodes)
-            .key(&self.keys.draining)
-            .arg(name)
-            .arg(u8::from(draining))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(db(format!("drain {name}")))?;
+        let mut drain = scripts::DRAIN.prepare_invoke();
+        drain.key(&self.keys.nodes).key(&self.keys.draining).arg(name).arg(u8::from(draining));
+        let drain = &drain;
+        let known: i64 =
+            self.repeatable(&format!("drain {name}"), |mut c| async move { drain.invoke_async(&mut c).await }).await?;
         Ok(known == 1)
     }
 }
@@ -259,19 +280,19 @@ impl Hades for RedisStore {
 #[async_trait]
 impl Cocytus for RedisStore {
     async fn report(&self, failure: &Failure) -> Result<(), StoreError> {
-        self.query::<Value>(
-            redis::cmd("XADD")
-                .arg(&self.keys.cocytus)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(COCYTUS_KEEP)
-                .arg("*")
-                .arg("f")
-                .arg(encode(failure)),
-            "report a failure",
-        )
-        .await
-        .map(drop)
+        // Not repeated on a connection failure: it may have been appended already.
+        redis::cmd("XADD")
+            .arg(&self.keys.cocytus)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(COCYTUS_KEEP)
+            .arg("*")
+            .arg("f")
+            .arg(encode(failure))
+            .query_async::<Value>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(db("report a failure"))
     }
 
     async fn failures(&self, filter: &FailureFilter) -> Result<Vec<Failure>, StoreError> {

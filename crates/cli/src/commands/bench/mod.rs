@@ -6,6 +6,7 @@
 //! by round, so both see the same machine load. The raw run uses the bundle the gVisor runtime
 //! writes, over the same template rootfs, with the same platform and overlay choices, so the
 //! difference is what Tartarus adds (API, judges, queue, scheduling, cgroups, shim, recording).
+//! `schedule` measures the control plane alone, on a realm of its own.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,6 +21,8 @@ use crate::client::Client;
 use crate::output::{self, Format};
 use crate::raw::{self, RawRun};
 
+mod schedule;
+
 /// Untimed rounds of each before measuring.
 const WARM_UP: u32 = 2;
 /// The longest one run may take.
@@ -31,7 +34,8 @@ const CGROUP_PARENT: &str = "/tartarus-bench";
 #[derive(clap::Subcommand, Debug)]
 #[command(after_help = "Examples:
   tartarus up &
-  sudo tartarus bench start --template busybox -n 50 > bench.json")]
+  sudo tartarus bench start --template busybox -n 50 > bench.json
+  sudo tartarus bench schedule --redis redis://127.0.0.1:6379 --agents 3 -n 5000")]
 pub enum Command {
     /// Time `echo hi` through the realm (POST /v1/sandboxes?wait=true) against raw `runsc run`
     /// of the same bundle, alternating; prints p50/p95/p99 as JSON.
@@ -39,6 +43,9 @@ pub enum Command {
     /// Time building a template from a registry image (cold and warm) against `skopeo copy` +
     /// `umoci unpack` of the same image, alternating; prints p50 and MB/s as JSON.
     Pull(PullArgs),
+    /// Start a realm of one Olympus and N agents on Redis and time sandbox creation through it:
+    /// admissions/s, p50/p95/p99 create latency and scheduling decisions/s, as JSON.
+    Schedule(schedule::ScheduleArgs),
 }
 
 /// Arguments of `bench start`.
@@ -117,6 +124,7 @@ pub async fn execute(c: Command, g: &Global) -> anyhow::Result<i32> {
     match c {
         Command::Start(a) => start(a, g).await,
         Command::Pull(a) => pull(a, g).await,
+        Command::Schedule(a) => schedule::execute(a).await,
     }
 }
 

@@ -1,0 +1,385 @@
+//! A realm of many nodes on a real Redis: placement by labels, capacity and load; agents and
+//! Olympus killed mid-stream; a node whose heartbeat stops; Redis restarted or emptied; two
+//! Olympus processes sharing the queue. Every sandbox is a real gVisor sandbox.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use common::fleet::{freeze, require_redis, AgentSpec, Fleet};
+use common::{id_of, is_terminal, pids_matching, require_prereqs, Api, TEMPLATE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn ready() -> bool {
+    require_prereqs() && require_redis()
+}
+
+fn spec(name: &'static str, labels: &'static str, memory_mib: u64, slots: u32) -> AgentSpec {
+    AgentSpec { name, labels, memory_mib, slots }
+}
+
+/// A sandbox that runs until killed.
+fn sleeper(memory_mib: u64, selector: Value) -> Value {
+    json!({"template": TEMPLATE, "command": ["sleep", "600"], "resources": {"memory_mib": memory_mib},
+           "node_selector": selector})
+}
+
+/// Waits until every sandbox in `ids` is running or ended; returns their records.
+async fn settle(api: &Api, ids: &[String], timeout: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(api.wait_for(id, "running or ended", timeout, |r| r["state"] == "running" || is_terminal(r)).await);
+    }
+    out
+}
+
+/// How many times each sandbox was started, from the agents' logs ("sandbox running" lines).
+fn starts(fleet: &Fleet, ids: &[String]) -> HashMap<String, usize> {
+    let logs: String = fleet.agents.iter().map(|a| a.daemon.log()).collect();
+    ids.iter()
+        .map(|id| {
+            (id.clone(), logs.lines().filter(|l| l.contains(id.as_str()) && l.contains("sandbox running")).count())
+        })
+        .collect()
+}
+
+/// Shim processes per sandbox id on this machine.
+fn shims(ids: &[String]) -> HashMap<String, usize> {
+    ids.iter()
+        .map(|id| (id.clone(), pids_matching(|c| c.contains(" shim ") && c.contains(id.as_str())).len()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn placement_follows_labels_capacity_and_load() {
+    if !ready() {
+        return;
+    }
+    let fleet = Fleet::start(&[
+        spec("a1", "zone=a", 8192, 25),
+        spec("a2", "zone=b", 8192, 25),
+        spec("a3", "zone=b,disk=small", 4000, 25),
+    ])
+    .await;
+
+    // Labels: zone=a has one node.
+    let rec = fleet.create(sleeper(128, json!({"zone": "a"}))).await;
+    let rec = fleet.wait_running(&id_of(&rec), Duration::from_secs(60)).await;
+    assert_eq!(rec["node"], "a1", "{rec}");
+    // Capacity: zone=b with 6000 MiB fits a2 (8192) but not a3 (4000).
+    let big = fleet.create(sleeper(6000, json!({"zone": "b"}))).await;
+    let big = fleet.wait_running(&id_of(&big), Duration::from_secs(60)).await;
+    assert_eq!(big["node"], "a2", "{big}");
+    // Nothing fits: the request waits and says why.
+    let huge = id_of(&fleet.create(sleeper(16000, json!({}))).await);
+    let pending = fleet
+        .wait_for(&huge, "pending with a reason", Duration::from_secs(20), |r| r["pending_reason"].is_string())
+        .await;
+    assert_eq!(pending["state"], "queued", "{pending}");
+    assert_eq!(pending["pending_reason"], "no node with 16000 MiB free; 3 nodes checked", "{pending}");
+    let unknown = id_of(&fleet.create(sleeper(64, json!({"zone": "c"}))).await);
+    let pending = fleet
+        .wait_for(&unknown, "pending with a reason", Duration::from_secs(20), |r| r["pending_reason"].is_string())
+        .await;
+    assert_eq!(pending["pending_reason"], "no node with labels zone=c; 3 nodes checked", "{pending}");
+    for id in [id_of(&rec), id_of(&big), huge, unknown] {
+        let (status, body) = fleet.delete(&format!("/v1/sandboxes/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "DELETE {id}: {body}");
+        assert!(is_terminal(&body), "{body}");
+    }
+
+    // Load: once the nodes report the kills, 60 sandboxes over three nodes of 25 slots each
+    // spread evenly (least-loaded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.nodes().await.iter().any(|n| n["used"]["slots"] != 0) {
+        assert!(Instant::now() < deadline, "nodes still report sandboxes: {:?}", fleet.nodes().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        ids.push(id_of(&fleet.create(sleeper(128, json!({}))).await));
+    }
+    let recs = settle(&fleet, &ids, Duration::from_secs(240)).await;
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &recs {
+        assert_eq!(r["state"], "running", "{r}");
+        *per_node.entry(r["node"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    let counts: Vec<usize> = per_node.values().copied().collect();
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 3, "uneven spread: {per_node:?}");
+    // Hades sees the load the agents report.
+    let nodes = fleet.nodes().await;
+    let used: u64 = nodes.iter().map(|n| n["used"]["slots"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(used, 60, "{nodes:?}");
+    // `tartarus node ls` and `ps` show the same.
+    let out = fleet.cli(&["node", "ls", "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{out}");
+    let listed: Value = serde_json::from_str(&out.stdout).expect("node ls json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    let out = fleet.cli(&["ps", "--state", "running", "--output", "json", "--all"]).await;
+    let ps: Value = serde_json::from_str(&out.stdout).expect("ps json");
+    assert!(ps.as_array().unwrap().iter().all(|r| r["node"].is_string()), "{ps}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agent_killed_mid_launch_leaves_no_sandbox_lost_silently_or_twice() {
+    if !ready() {
+        return;
+    }
+    let mut fleet = Fleet::start(&[spec("a1", "", 8192, 50)]).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(id_of(&fleet.create(sleeper(128, json!({}))).await));
+    }
+    // Some run, some are still starting.
+    fleet.wait_running(&ids[0], Duration::from_secs(60)).await;
+    fleet.agent("a1").daemon.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.agent("a1").daemon.start().await;
+    let recs = settle(&fleet, &ids, Duration::from_secs(120)).await;
+    // Give a restarted agent's sweep a moment to end what is no longer its own.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let running = shims(&ids);
+    for r in &recs {
+        let id = id_of(r);
+        match r["state"].as_str() {
+            Some("running") => assert_eq!(running[&id], 1, "{id} running with {} shims: {r}", running[&id]),
+            Some("lost" | "failed") => {
+                assert!(r["error"].is_string(), "{r}");
+                assert_eq!(running[&id], 0, "{id} recorded {} but still has a shim", r["state"]);
+            }
+            _ => panic!("unexpected outcome after the agent's restart: {r}"),
+        }
+    }
+    let started = starts(&fleet, &ids);
+    assert!(started.values().all(|&n| n <= 1), "a sandbox started twice: {started:?}");
+    // Reconciliation agrees with what it sees, and changes nothing more.
+    let (status, report) = fleet.post("/v1/admin/reconcile", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["lost"], json!([]), "{report}");
+    assert_eq!(report["orphans_killed"], json!([]), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn olympus_killed_mid_stream_launches_every_queued_request_once() {
+    if !ready() {
+        return;
+    }
+    let mut fleet = Fleet::start(&[spec("a1", "", 8192, 50), spec("a2", "", 8192, 50)]).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let soul = json!({"template": TEMPLATE, "command": ["sh", "-c", format!("echo job {i}")]});
+        ids.push(id_of(&fleet.create(soul).await));
+    }
+    fleet.olympus[0].kill();
+    let url = fleet.olympus[0].start().await;
+    fleet.api.url = url;
+    for id in &ids {
+        let r = fleet.wait_ended(id, Duration::from_secs(120)).await;
+        assert_eq!((r["state"].as_str(), r["exit_code"].as_i64()), (Some("exited"), Some(0)), "{r}");
+        assert_eq!(r["attempts"], 1, "placed more than once: {r}");
+    }
+    let started = starts(&fleet, &ids);
+    assert!(started.values().all(|&n| n == 1), "not launched exactly once: {started:?}");
+    let (status, report) = fleet.post("/v1/admin/reconcile", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let (_, list) = fleet.get("/v1/sandboxes?limit=1000").await;
+    let listed: Vec<String> = list["sandboxes"].as_array().unwrap().iter().map(id_of).collect();
+    assert!(ids.iter().all(|id| listed.contains(id)), "the list lost sandboxes: {list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_node_is_declared_dead_its_work_moved_or_lost() {
+    if !ready() {
+        return;
+    }
+    let mut fleet =
+        Fleet::start_with(&[spec("a1", "", 8192, 50), spec("a2", "", 8192, 50)], &["--dead-after", "3s"]).await;
+    // Two sandboxes run on a1 (a2 drained meanwhile).
+    let (status, body) = fleet.post("/v1/nodes/a2/drain", json!({})).await;
+    assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("draining")), "{body}");
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let id = id_of(&fleet.create(sleeper(128, json!({}))).await);
+        assert_eq!(fleet.wait_running(&id, Duration::from_secs(60)).await["node"], "a1");
+        running.push(id);
+    }
+    // a1 freezes: no heartbeats, no answers. Two more are placed on it before it is declared dead.
+    freeze(&fleet.agent("a1").daemon, true);
+    let frozen_at = Instant::now();
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        let id = id_of(&fleet.create(sleeper(128, json!({}))).await);
+        fleet.wait_for(&id, "placed on a1", Duration::from_secs(10), |r| r["state"] == "starting").await;
+        pending.push(id);
+    }
+    let (status, _) = fleet.post("/v1/nodes/a2/undrain", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    // Declared dead within its dead_after (3 s) and the watch's period.
+    loop {
+        let nodes = fleet.nodes().await;
+        if nodes.iter().any(|n| n["name"] == "a1" && n["state"] == "dead") {
+            break;
+        }
+        assert!(frozen_at.elapsed() < Duration::from_secs(8), "a1 not dead 8 s after freezing: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &running {
+        let r = fleet.wait_ended(id, Duration::from_secs(10)).await;
+        assert_eq!(r["state"], "lost", "{r}");
+        assert!(r["error"].as_str().unwrap_or_default().contains("a1"), "{r}");
+    }
+    for id in &pending {
+        let r = fleet.wait_running(id, Duration::from_secs(60)).await;
+        assert_eq!(r["node"], "a2", "{r}");
+        assert_eq!(r["attempts"], 2, "{r}");
+    }
+    // Cocytus has the losses and the retries.
+    let (_, failures) = fleet.get("/v1/failures?node=a1").await;
+    let kinds: Vec<(String, String)> = failures["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["sandbox"].as_str().unwrap().to_string(), f["kind"].as_str().unwrap().to_string()))
+        .collect();
+    for id in &running {
+        assert!(kinds.contains(&(id.clone(), "lost".into())), "{failures}");
+    }
+    for id in &pending {
+        assert!(kinds.contains(&(id.clone(), "retry".into())), "{failures}");
+    }
+    let out = fleet.cli(&["failures", "--node", "a1", "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{out}");
+    // a1 wakes: what it still runs is no longer its own, so it ends it; nothing runs twice.
+    freeze(&fleet.agent("a1").daemon, false);
+    let all: Vec<String> = running.iter().chain(&pending).cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counts = shims(&all);
+        let lost_gone = running.iter().all(|id| counts[id] == 0);
+        let moved_once = pending.iter().all(|id| counts[id] == 1);
+        if lost_gone && moved_once {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after a1 woke: shims {counts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends one command to Redis over RESP and returns its reply line.
+fn redis_cmd(port: u16, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect redis");
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).expect("write");
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).expect("read");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// `POST /v1/sandboxes?wait=true` until it succeeds (a realm reconnecting to Redis may refuse
+/// a few); panics after `timeout`.
+async fn run_eventually(api: &Api, soul: Value, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let req = api.request(reqwest::Method::POST, "/v1/sandboxes?wait=true").json(&soul);
+        let (status, body) = api.send(req).await;
+        if status == StatusCode::CREATED {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "no sandbox ran within {timeout:?}; last answer {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_realm_recovers_from_redis_restarts_and_lost_queues() {
+    if !ready() {
+        return;
+    }
+    let mut fleet = Fleet::start(&[spec("a1", "", 8192, 50)]).await;
+    let before =
+        run_eventually(&fleet, json!({"template": TEMPLATE, "command": ["echo", "before"]}), Duration::from_secs(60))
+            .await;
+    assert_eq!(before["state"], "exited", "{before}");
+
+    // Redis killed and started again (AOF, fsynced every second): records survive, the realm
+    // carries on unaided.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fleet.redis.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fleet.redis.start_again();
+    let after =
+        run_eventually(&fleet, json!({"template": TEMPLATE, "command": ["echo", "after"]}), Duration::from_secs(60))
+            .await;
+    assert_eq!((after["state"].as_str(), after["exit_code"].as_i64()), (Some("exited"), Some(0)), "{after}");
+    assert_eq!(fleet.record(&id_of(&before)).await["state"], "exited");
+    fleet.wait_alive(vec!["a1"]).await;
+
+    // The stream and its group vanish (a Redis that lost them): recreated, admissions go on.
+    assert!(redis_cmd(fleet.redis.port, &["DEL", "tartarus:acheron"]).starts_with(":1"));
+    let again =
+        run_eventually(&fleet, json!({"template": TEMPLATE, "command": ["echo", "again"]}), Duration::from_secs(60))
+            .await;
+    assert_eq!(again["state"], "exited", "{again}");
+
+    // A queued request whose entry is lost while no Olympus runs: reconciliation queues it again.
+    let (status, _) = fleet.post("/v1/nodes/a1/drain", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let orphan = id_of(&fleet.create(json!({"template": TEMPLATE, "command": ["echo", "orphan"]})).await);
+    fleet.wait_for(&orphan, "pending", Duration::from_secs(10), |r| r["pending_reason"].is_string()).await;
+    fleet.olympus[0].kill();
+    assert!(redis_cmd(fleet.redis.port, &["DEL", "tartarus:acheron"]).starts_with(":1"));
+    // Older than the admission grace, so reconciliation knows it is not merely in transit.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let url = fleet.olympus[0].start().await;
+    fleet.api.url = url;
+    let (status, _) = fleet.post("/v1/nodes/a1/undrain", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = fleet.wait_ended(&orphan, Duration::from_secs(60)).await;
+    assert_eq!((r["state"].as_str(), r["exit_code"].as_i64()), (Some("exited"), Some(0)), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_olympus_share_the_queue_and_launch_each_sandbox_once() {
+    if !ready() {
+        return;
+    }
+    let mut fleet =
+        Fleet::start(&[spec("a1", "", 16384, 200), spec("a2", "", 16384, 200), spec("a3", "", 16384, 200)]).await;
+    let o2 = fleet.add_olympus("o2").await;
+    let creates = (0..200).map(|i| {
+        let api: &Api = if i % 2 == 0 { &fleet.api } else { &o2 };
+        let soul = json!({"template": TEMPLATE, "command": ["true"], "resources": {"memory_mib": 64}});
+        async move {
+            let (status, body) = api.post("/v1/sandboxes", soul).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            id_of(&body)
+        }
+    });
+    let ids: Vec<String> = futures::future::join_all(creates).await;
+    for id in &ids {
+        let r = fleet.wait_ended(id, Duration::from_secs(300)).await;
+        assert_eq!((r["state"].as_str(), r["exit_code"].as_i64()), (Some("exited"), Some(0)), "{r}");
+    }
+    let started = starts(&fleet, &ids);
+    let twice: Vec<_> = started.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(twice.is_empty(), "not launched exactly once: {twice:?}");
+    // Both Olympus processes placed some.
+    for api in [&fleet.api, &o2] {
+        let metrics = api.send(api.request(reqwest::Method::GET, "/metrics")).await.1;
+        let text = metrics.as_str().unwrap_or_default().to_string();
+        let placed = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tartarus_moirai_placements_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(placed > 0.0, "an Olympus placed nothing:\n{text}");
+    }
+}
