@@ -372,6 +372,7 @@ async fn hades_keeps_draining_apart_from_heartbeats() {
         runtime_version: "runsc".into(),
         capacity: Capacity { vcpus: 8, memory_mib: 16384, slots: 20 },
         used: Capacity::default(),
+        holds: Vec::new(),
         labels: Default::default(),
         started_at: Utc::now(),
         heartbeat_at: Utc::now(),
