@@ -442,7 +442,7 @@ impl Hecatoncheir {
             Ok(shim) => shim,
             Err(e) => {
                 let _ = self.runtime.destroy(id).await;
-                let _ = dir.forget();
+                let _ = crate::lethe::forget(&dir).await;
                 self.fail(id, format!("could not start: {}", error_chain(&e))).await?;
                 return Ok(());
             }
@@ -470,7 +470,7 @@ impl Hecatoncheir {
             self.live.lock().expect("lock").remove(id);
             let _ = self.runtime.kill(id, libc::SIGKILL, true).await;
             let _ = self.runtime.destroy(id).await;
-            let _ = dir.forget();
+            let _ = crate::lethe::forget(&dir).await;
             return Ok(());
         }
         info!(pid = shim.pid(), "sandbox running");
@@ -648,7 +648,7 @@ impl Hecatoncheir {
         if let Err(e) = self.runtime.destroy(id).await {
             warn!(sandbox = %id, error = %error_chain(&e), "releasing the sandbox failed");
         }
-        if let Err(e) = dir.forget() {
+        if let Err(e) = crate::lethe::forget(&dir).await {
             warn!(sandbox = %id, error = %e, "wiping the writable layer failed");
         }
         self.live.lock().expect("lock").remove(id);
@@ -702,7 +702,7 @@ impl Hecatoncheir {
                     // Placed but never started: clear what was prepared and queue it again; its
                     // Acheron entry, never acknowledged, is delivered again and launches it.
                     let _ = self.runtime.destroy(&id).await;
-                    let _ = dir.forget();
+                    let _ = crate::lethe::forget(&dir).await;
                     self.record(&id, |r| {
                         r.state = SandboxState::Queued;
                         r.node = None;
@@ -713,7 +713,7 @@ impl Hecatoncheir {
                 }
                 _ => {
                     let _ = self.runtime.destroy(&id).await;
-                    let _ = dir.forget();
+                    let _ = crate::lethe::forget(&dir).await;
                     self.record(&id, |r| {
                         r.state = SandboxState::Lost;
                         r.ended_at = Some(Utc::now());
@@ -752,7 +752,7 @@ impl Hecatoncheir {
                 if let Err(e) = self.runtime.destroy(&id).await {
                     warn!(sandbox = %id, error = %error_chain(&e), "releasing an ended sandbox failed");
                 }
-                let _ = dir.forget();
+                let _ = crate::lethe::forget(&dir).await;
             }
         }
     }

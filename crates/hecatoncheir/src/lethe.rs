@@ -100,13 +100,24 @@ pub fn usage(pids: &[u32], writable: &Path) -> u64 {
 }
 
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the whole new one.
+///
+/// Not fsynced: these files (bundles, process files, pids, exit statuses) must survive the
+/// agent's death, which the page cache does, not the machine's, which the sandboxes they
+/// describe do not survive either. An fsync per file on the launch path would stall the agent's
+/// threads (and its heartbeats) under a burst of launches.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    drop(f);
     std::fs::rename(&tmp, path)
+}
+
+/// [`SandboxDir::forget`] on the blocking pool (a writable layer can hold many files).
+pub async fn forget(dir: &SandboxDir) -> io::Result<()> {
+    let dir = dir.clone();
+    tokio::task::spawn_blocking(move || dir.forget()).await.unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 #[cfg(test)]

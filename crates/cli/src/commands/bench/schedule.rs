@@ -288,7 +288,13 @@ async fn measure(a: &ScheduleArgs, realm: &mut Realm, rootfs: Option<&Path>) -> 
         }
     }
 
-    eprintln!("bench: measuring: {} creates, {} at a time", a.n, a.concurrency);
+    let load_1m = load_average();
+    eprintln!(
+        "bench: measuring: {} creates, {} at a time (load average {})",
+        a.n,
+        a.concurrency,
+        load_1m.map_or("unknown".to_owned(), |l| format!("{l:.2}"))
+    );
     let baseline = realm_api.counter(PLACEMENTS).await?;
     let want = Arc::new(AtomicU64::new(u64::from(a.n)));
     let seen = Arc::new(AtomicU64::new(0));
@@ -342,6 +348,7 @@ async fn measure(a: &ScheduleArgs, realm: &mut Realm, rootfs: Option<&Path>) -> 
         concurrency: a.concurrency,
         warm_up: a.warm_up,
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+        load_1m,
     };
     Ok((schedule_report(setup, measured), complete))
 }
@@ -569,6 +576,11 @@ async fn delete_keys(url: &str, prefix: &str) -> anyhow::Result<u64> {
         .map_err(Into::into)
 }
 
+/// The 1-minute load average: anything else running skews the figures.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     std::fs::File::open("/dev/urandom")
@@ -746,6 +758,7 @@ struct Setup {
     concurrency: u32,
     warm_up: u32,
     cpus: u32,
+    load_1m: Option<f64>,
 }
 
 /// What the measured phase gave.
@@ -789,6 +802,8 @@ struct ScheduleReport {
     warm_up: u32,
     /// Cores of the machine the realm, Redis and the bench share.
     cpus: u32,
+    /// Its 1-minute load average as the measured phase began.
+    load_1m: Option<f64>,
     failures: u32,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     failure_kinds: BTreeMap<String, u32>,
@@ -824,6 +839,7 @@ fn schedule_report(s: Setup, mut m: Measured) -> ScheduleReport {
         concurrency: s.concurrency,
         warm_up: s.warm_up,
         cpus: s.cpus,
+        load_1m: s.load_1m,
         failures,
         failure_kinds: m.failures,
         wall_s: round3(m.wall.as_secs_f64()),
@@ -871,12 +887,14 @@ fn render(r: &ScheduleReport) -> String {
         out.push_str(&format!("failed: {count} × {kind}\n"));
     }
     out.push_str(&format!(
-        "launch {}\n{} of {} placed; queue drained {} ms after the last admission; {} cpus shared by realm, Redis and bench\n",
+        "launch {}\n{} of {} placed; queue drained {} ms after the last admission\n\
+         {} cpus shared by realm, Redis and bench; load average {} at the start\n",
         r.launch,
         r.placed,
         r.requests - r.failures,
         cell(r.queue_drain_ms),
-        r.cpus
+        r.cpus,
+        r.load_1m.map_or("unknown".to_owned(), |l| format!("{l:.2}"))
     ));
     out.push_str(&format!(
         "target >= {} admissions/s with p99 <= {} ms on >= {} agents: {}\n",
@@ -933,7 +951,15 @@ tartarus_sandboxes_admitted_total 1e3
     }
 
     fn setup(agents: u32) -> Setup {
-        Setup { launch: "simulated".into(), agents, requests: 4, concurrency: 2, warm_up: 0, cpus: 2 }
+        Setup {
+            launch: "simulated".into(),
+            agents,
+            requests: 4,
+            concurrency: 2,
+            warm_up: 0,
+            cpus: 2,
+            load_1m: Some(0.5),
+        }
     }
 
     #[test]
@@ -949,7 +975,7 @@ tartarus_sandboxes_admitted_total 1e3
         let r = schedule_report(setup(3), m);
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"bench":"schedule","launch":"simulated","agents":3,"requests":4,"concurrency":2,"warm_up":0,"cpus":2,"failures":0,"wall_s":0.002,"admissions_per_s":2000.0,"create_latency_ms":{"p50":2.0,"p95":4.0,"p99":4.0,"max":4.0},"placed":4,"scheduling_decisions_per_s":1000.0,"queue_drain_ms":2.0,"target":{"admissions_per_s":2000,"p99_ms":20,"agents":3},"met":true}"#
+            r#"{"bench":"schedule","launch":"simulated","agents":3,"requests":4,"concurrency":2,"warm_up":0,"cpus":2,"load_1m":0.5,"failures":0,"wall_s":0.002,"admissions_per_s":2000.0,"create_latency_ms":{"p50":2.0,"p95":4.0,"p99":4.0,"max":4.0},"placed":4,"scheduling_decisions_per_s":1000.0,"queue_drain_ms":2.0,"target":{"admissions_per_s":2000,"p99_ms":20,"agents":3},"met":true}"#
         );
         assert!(render(&r).contains("target >= 2000 admissions/s with p99 <= 20 ms on >= 3 agents: met"));
     }
