@@ -68,6 +68,19 @@ async fn placement_follows_labels_capacity_and_load() {
     let rec = fleet.create(sleeper(128, json!({"zone": "a"}))).await;
     let rec = fleet.wait_running(&id_of(&rec), Duration::from_secs(60)).await;
     assert_eq!(rec["node"], "a1", "{rec}");
+    // exec reaches it through Olympus, which proxies to the agent.
+    let (status, out) = fleet
+        .post(
+            &format!("/v1/sandboxes/{}/exec?stream=false", id_of(&rec)),
+            json!({"command": ["sh", "-c", "echo via-olympus; echo err >&2; exit 3"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!((out["stdout"].as_str(), out["stderr"].as_str()), (Some("via-olympus\n"), Some("err\n")), "{out}");
+    assert_eq!(out["exit"]["exit_code"], 3, "{out}");
+    // The CLI takes node selectors too.
+    let run = fleet.cli(&["run", "--template", TEMPLATE, "--node-selector", "disk=small", "--", "echo", "small"]).await;
+    assert_eq!((run.code, run.stdout.as_str()), (0, "small\n"), "{run}");
     // Capacity: zone=b with 6000 MiB fits a2 (8192) but not a3 (4000).
     let big = fleet.create(sleeper(6000, json!({"zone": "b"}))).await;
     let big = fleet.wait_running(&id_of(&big), Duration::from_secs(60)).await;
@@ -177,10 +190,14 @@ async fn olympus_killed_mid_stream_launches_every_queued_request_once() {
     fleet.olympus[0].kill();
     let url = fleet.olympus[0].start().await;
     fleet.api.url = url;
-    for id in &ids {
+    for (i, id) in ids.iter().enumerate() {
         let r = fleet.wait_ended(id, Duration::from_secs(120)).await;
         assert_eq!((r["state"].as_str(), r["exit_code"].as_i64()), (Some("exited"), Some(0)), "{r}");
         assert_eq!(r["attempts"], 1, "placed more than once: {r}");
+        // Its output, kept on its node, comes back through Olympus.
+        let out = fleet.logs(id).await;
+        assert_eq!(out.stdout, format!("job {i}\n"), "{r}");
+        assert_eq!(out.exit.as_ref().map(|e| e["state"].clone()), Some(json!("exited")));
     }
     let started = starts(&fleet, &ids);
     assert!(started.values().all(|&n| n == 1), "not launched exactly once: {started:?}");

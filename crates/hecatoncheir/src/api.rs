@@ -325,69 +325,14 @@ async fn resume(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<S
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path as FsPath;
-
-    use async_trait::async_trait;
-    use tartarus_core::{SandboxState, SandboxStats, SoulRequest, Verdict};
+    use tartarus_core::{SandboxState, SoulRequest, Verdict};
     use tartarus_store::{EmbeddedStore, Events, State as Stores};
 
     use super::*;
     use crate::agent::AgentConfig;
-    use crate::lethe::SandboxDir;
-    use crate::runtime::{ExecSpec, LaunchSpec, MainCommand, Runtime, RuntimeError, RuntimeStatus};
+    use crate::runtime::refusing::Refusing;
 
     const SECRET: &str = "agent-s3cret";
-
-    /// A runtime that refuses everything: these tests cover the API, not running sandboxes
-    /// (that is tested end to end with gVisor).
-    struct Refusing;
-
-    fn refused() -> RuntimeError {
-        RuntimeError::Refused { operation: "test".into(), message: "no runtime in unit tests".into() }
-    }
-
-    #[async_trait]
-    impl Runtime for Refusing {
-        fn name(&self) -> &'static str {
-            "refusing"
-        }
-        fn describe(&self) -> String {
-            "refuses everything".into()
-        }
-        async fn create(&self, _: &LaunchSpec, _: &SandboxDir) -> Result<MainCommand, RuntimeError> {
-            Err(refused())
-        }
-        async fn exec(&self, _: &SandboxId, _: &ExecSpec) -> Result<tokio::process::Child, RuntimeError> {
-            Err(refused())
-        }
-        async fn kill_exec(&self, _: &SandboxId, _: &ExecSpec) -> Result<(), RuntimeError> {
-            Err(refused())
-        }
-        async fn kill(&self, _: &SandboxId, _: i32, _: bool) -> Result<(), RuntimeError> {
-            Err(refused())
-        }
-        async fn pause(&self, _: &SandboxId) -> Result<(), RuntimeError> {
-            Err(refused())
-        }
-        async fn resume(&self, _: &SandboxId) -> Result<(), RuntimeError> {
-            Err(refused())
-        }
-        async fn checkpoint(&self, _: &SandboxId, _: &FsPath) -> Result<(), RuntimeError> {
-            Err(refused())
-        }
-        async fn restore(&self, _: &LaunchSpec, _: &SandboxDir, _: &FsPath) -> Result<MainCommand, RuntimeError> {
-            Err(refused())
-        }
-        async fn status(&self, _: &SandboxId) -> Result<Option<RuntimeStatus>, RuntimeError> {
-            Ok(None)
-        }
-        async fn stats(&self, _: &SandboxId, _: &SandboxDir) -> Result<SandboxStats, RuntimeError> {
-            Err(refused())
-        }
-        async fn destroy(&self, _: &SandboxId) -> Result<SandboxStats, RuntimeError> {
-            Ok(SandboxStats::default())
-        }
-    }
 
     /// An agent named `n1` serving its API on a free port.
     struct Served {

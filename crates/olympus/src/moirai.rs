@@ -143,6 +143,8 @@ pub fn lachesis<'n>(
         return Err("no node has registered with Hades yet".into());
     }
     let checked = format!("{} node{} checked", nodes.len(), if nodes.len() == 1 { "" } else { "s" });
+    // The commonest reason first.
+    why.sort_by_key(|w| std::cmp::Reverse(w.2));
     Err(match why.as_slice() {
         [(none, _, _)] => format!("{none}; {checked}"),
         _ => {
@@ -561,7 +563,7 @@ mod tests {
         assert_eq!(pick(&nodes, &demand(2048, 1, &none), Strategy::BinPack).unwrap(), "b");
         assert_eq!(
             pick(&nodes, &demand(100_000, 1, &none), Strategy::LeastLoaded).unwrap_err(),
-            "no node fits (1 dead, 3 with less than 100000 MiB free); 4 nodes checked"
+            "no node fits (3 with less than 100000 MiB free, 1 dead); 4 nodes checked"
         );
         assert_eq!(
             pick(&nodes[1..3], &demand(10_000, 1, &none), Strategy::LeastLoaded).unwrap_err(),

@@ -284,14 +284,12 @@ impl Node for RemoteNode {
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
-    use std::path::Path;
     use std::sync::Arc;
 
     use axum::body::{Body, Bytes};
     use axum::routing::post;
-    use tartarus_core::{SandboxStats, SoulRequest, Stream, Verdict};
-    use tartarus_hecatoncheir::lethe::SandboxDir;
-    use tartarus_hecatoncheir::runtime::{ExecSpec, LaunchSpec, MainCommand, Runtime, RuntimeError, RuntimeStatus};
+    use tartarus_core::{SoulRequest, Stream, Verdict};
+    use tartarus_hecatoncheir::runtime::refusing::Refusing;
     use tartarus_hecatoncheir::{AgentConfig, Hecatoncheir};
     use tartarus_store::{EmbeddedStore, Events, State};
 
@@ -327,56 +325,6 @@ mod tests {
         let long = vec![b'x'; 64 * 1024];
         let overflow = (0..=MAX_LINE / long.len()).map(|_| lines.push(&long)).find(Result::is_err);
         assert!(overflow.is_some(), "an endless line is refused");
-    }
-
-    /// A runtime that refuses everything: these tests cover the protocol, not running sandboxes.
-    struct Refusing;
-
-    fn refused() -> RuntimeError {
-        RuntimeError::Refused { operation: "test".into(), message: "no runtime in unit tests".into() }
-    }
-
-    #[async_trait]
-    impl Runtime for Refusing {
-        fn name(&self) -> &'static str {
-            "refusing"
-        }
-        fn describe(&self) -> String {
-            "refuses everything".into()
-        }
-        async fn create(&self, _: &LaunchSpec, _: &SandboxDir) -> Result<MainCommand, RuntimeError> {
-            Err(refused())
-        }
-        async fn exec(&self, _: &SandboxId, _: &ExecSpec) -> Result<tokio::process::Child, RuntimeError> {
-            Err(refused())
-        }
-        async fn kill_exec(&self, _: &SandboxId, _: &ExecSpec) -> Result<(), RuntimeError> {
-            Err(refused())
-        }
-        async fn kill(&self, _: &SandboxId, _: i32, _: bool) -> Result<(), RuntimeError> {
-            Err(refused())
-        }
-        async fn pause(&self, _: &SandboxId) -> Result<(), RuntimeError> {
-            Err(refused())
-        }
-        async fn resume(&self, _: &SandboxId) -> Result<(), RuntimeError> {
-            Err(refused())
-        }
-        async fn checkpoint(&self, _: &SandboxId, _: &Path) -> Result<(), RuntimeError> {
-            Err(refused())
-        }
-        async fn restore(&self, _: &LaunchSpec, _: &SandboxDir, _: &Path) -> Result<MainCommand, RuntimeError> {
-            Err(refused())
-        }
-        async fn status(&self, _: &SandboxId) -> Result<Option<RuntimeStatus>, RuntimeError> {
-            Ok(None)
-        }
-        async fn stats(&self, _: &SandboxId, _: &SandboxDir) -> Result<SandboxStats, RuntimeError> {
-            Err(refused())
-        }
-        async fn destroy(&self, _: &SandboxId) -> Result<SandboxStats, RuntimeError> {
-            Ok(SandboxStats::default())
-        }
     }
 
     /// Serves `app` on a free port of 127.0.0.1; its address.

@@ -62,12 +62,13 @@ fn render(sandboxes: &[SandboxRecord], now: DateTime<Utc>) -> String {
                 r.id.to_string(),
                 r.spec.template.to_string(),
                 output::state_cell(r),
+                r.node.clone().unwrap_or_else(|| "-".into()),
                 output::ago(r.created_at, now),
                 command,
             ]
         })
         .collect();
-    output::table(&["ID", "TEMPLATE", "STATE", "CREATED", "COMMAND"], &rows)
+    output::table(&["ID", "TEMPLATE", "STATE", "NODE", "CREATED", "COMMAND"], &rows)
 }
 
 #[cfg(test)]
@@ -99,16 +100,16 @@ mod tests {
         let mut session = record("sb-000000000000000c", serde_json::json!({"state": "failed", "error": "x"}));
         session.spec.command = None;
         let rows = [
-            record("sb-000000000000000a", serde_json::json!({"state": "exited", "exit_code": 0})),
+            record("sb-000000000000000a", serde_json::json!({"state": "exited", "exit_code": 0, "node": "node-a"})),
             record("sb-000000000000000b", serde_json::json!({"state": "killed", "kill_reason": "out_of_memory"})),
             session,
         ];
         let t = render(&rows, now);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "ID                   TEMPLATE  STATE                  CREATED  COMMAND");
+        assert_eq!(lines[0], "ID                   TEMPLATE  STATE                  NODE    CREATED  COMMAND");
         assert_eq!(
             lines[1],
-            "sb-000000000000000a  busybox   exited (0)             5s ago   sh -c 'echo hello world; sleep 10000000…"
+            "sb-000000000000000a  busybox   exited (0)             node-a  5s ago   sh -c 'echo hello world; sleep 10000000…"
         );
         assert!(lines[2].contains("killed: out_of_memory"), "{}", lines[2]);
         assert!(lines[3].contains("failed") && lines[3].ends_with("(session)"), "{}", lines[3]);

@@ -15,6 +15,7 @@ use crate::output;
   tartarus run --template busybox --memory 512 --timeout 1m -- sh -c 'sleep 5; echo done'
   tartarus run --template busybox --env GREETING=hi -- sh -c 'echo $GREETING'
   tartarus run --template busybox --detach -- sleep 60    # prints the id
+  tartarus run --template busybox --node-selector zone=a -- echo on a zone-a node
   tartarus run --template busybox                         # a session: prints its id once it
                                                           # runs, for `tartarus exec ID -- CMD`
 
@@ -46,6 +47,9 @@ pub struct Args {
     /// Label to attach, for `ps --label` (repeatable).
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = args::key_value)]
     pub labels: Vec<(String, String)>,
+    /// Run only on a node carrying this label (repeatable; all must match), e.g. zone=a.
+    #[arg(long = "node-selector", value_name = "KEY=VALUE", value_parser = args::key_value)]
+    pub node_selector: Vec<(String, String)>,
     /// Print the sandbox's id and return at once instead of streaming its output.
     #[arg(long, short = 'd')]
     pub detach: bool,
@@ -71,6 +75,7 @@ impl Args {
             },
             max_duration: self.timeout,
             labels: args::to_map(self.labels.clone()),
+            node_selector: args::to_map(self.node_selector.clone()),
             ..SoulRequest::default()
         }
     }

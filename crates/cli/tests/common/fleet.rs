@@ -253,13 +253,17 @@ impl Fleet {
             if names.iter().all(|n| alive(n)) {
                 return;
             }
-            assert!(Instant::now() < deadline, "nodes {names:?} not all alive within 30 s: {nodes:?}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "nodes {names:?} not all alive within 30 s: {nodes:?}\n{}",
+                self.daemon_logs()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Everything every daemon printed.
-    pub fn logs(&self) -> String {
+    pub fn daemon_logs(&self) -> String {
         let mut s = String::new();
         for (i, o) in self.olympus.iter().enumerate() {
             s.push_str(&format!("----- olympus #{i} -----\n{}", o.log()));
@@ -300,7 +304,7 @@ fn olympus_daemon(dir: &Path, redis: &str, name: &str, extra: &[&str]) -> Daemon
 impl Drop for Fleet {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("{}", self.logs());
+            eprintln!("{}", self.daemon_logs());
         }
         for a in &mut self.agents {
             a.daemon.kill();

@@ -5,6 +5,7 @@
 //! ([`Runtime::start`]), and uses the rest of the trait for everything after.
 
 pub mod gvisor;
+pub mod refusing;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -298,17 +298,16 @@ async fn measure(a: &ScheduleArgs, realm: &mut Realm, rootfs: Option<&Path>) -> 
     let baseline = realm_api.counter(PLACEMENTS).await?;
     let want = Arc::new(AtomicU64::new(u64::from(a.n)));
     let seen = Arc::new(AtomicU64::new(0));
-    let mut poller = tokio::spawn(realm_api.clone().until_placed(baseline, want.clone(), seen.clone()));
+    // In a set, so that it stops when this future is dropped (Ctrl-C) or returns.
+    let mut poller = tokio::task::JoinSet::new();
+    poller.spawn(realm_api.clone().until_placed(baseline, want.clone(), seen.clone()));
     let creates = realm_api.create_many(a.n, a.concurrency).await;
     let admitted = creates.latencies_ms.len() as u64;
     admitted_total += admitted;
     want.store(admitted, Ordering::SeqCst);
-    let placed_at = match tokio::time::timeout(PLACE_LIMIT, &mut poller).await {
-        Ok(joined) => Some(joined.context("the placement poller failed")?),
-        Err(_) => {
-            poller.abort();
-            None
-        }
+    let placed_at = match tokio::time::timeout(PLACE_LIMIT, poller.join_next()).await {
+        Ok(joined) => Some(joined.context("the placement poller is gone")?.context("the placement poller failed")?),
+        Err(_) => None,
     };
     let placed = seen.load(Ordering::SeqCst);
     let complete = placed_at.is_some();
@@ -332,6 +331,8 @@ async fn measure(a: &ScheduleArgs, realm: &mut Realm, rootfs: Option<&Path>) -> 
             }
             tokio::time::sleep(POLL).await;
         }
+        let exited = realm_api.counter(&format!("{ENDED}{{state=\"exited\"}}")).await.unwrap_or(0);
+        eprintln!("bench: {exited} of the {admitted_total} sandboxes (warm-up included) exited; the rest failed or were killed");
     }
     let measured = Measured {
         latencies_ms: creates.latencies_ms,
@@ -539,7 +540,8 @@ async fn ping_redis(url: &str) -> anyhow::Result<()> {
     };
     match tokio::time::timeout(Duration::from_secs(10), ping).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(anyhow::Error::new(e).context("cannot reach Redis at --redis")),
+        // The client's error repeats its cause in its message: shown once.
+        Ok(Err(e)) => bail!("cannot reach Redis at --redis: {e}"),
         Err(_) => bail!("Redis at --redis did not answer within 10 s"),
     }
 }
@@ -618,28 +620,28 @@ impl RealmApi {
     async fn create_many(&self, n: u32, concurrency: u32) -> Creates {
         let next = Arc::new(AtomicU32::new(0));
         let first = Instant::now();
-        let workers: Vec<_> = (0..concurrency.min(n))
-            .map(|_| {
-                let (this, next) = (self.clone(), next.clone());
-                tokio::spawn(async move {
-                    let (mut latencies, mut failures, mut last) = (Vec::new(), BTreeMap::new(), first);
-                    while next.fetch_add(1, Ordering::Relaxed) < n {
-                        let sent = Instant::now();
-                        let outcome = this.create().await;
-                        let answered = Instant::now();
-                        last = last.max(answered);
-                        match outcome {
-                            Ok(()) => latencies.push(ms(answered - sent)),
-                            Err(kind) => *failures.entry(kind).or_insert(0u32) += 1,
-                        }
+        // A set: dropping it (Ctrl-C) stops the workers.
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..concurrency.min(n) {
+            let (this, next) = (self.clone(), next.clone());
+            workers.spawn(async move {
+                let (mut latencies, mut failures, mut last) = (Vec::new(), BTreeMap::new(), first);
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    let sent = Instant::now();
+                    let outcome = this.create().await;
+                    let answered = Instant::now();
+                    last = last.max(answered);
+                    match outcome {
+                        Ok(()) => latencies.push(ms(answered - sent)),
+                        Err(kind) => *failures.entry(kind).or_insert(0u32) += 1,
                     }
-                    (latencies, failures, last)
-                })
-            })
-            .collect();
+                }
+                (latencies, failures, last)
+            });
+        }
         let mut all =
             Creates { latencies_ms: Vec::with_capacity(n as usize), failures: BTreeMap::new(), first, last: first };
-        for w in futures::future::join_all(workers).await {
+        while let Some(w) = workers.join_next().await {
             let (latencies, failures, last) =
                 w.unwrap_or_else(|e| (Vec::new(), [(format!("worker: {e}"), 1)].into(), first));
             all.latencies_ms.extend(latencies);
