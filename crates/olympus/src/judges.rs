@@ -132,8 +132,11 @@ impl Aeacus {
             "approved": verdict.approved(),
             "rulings": verdict.rulings,
         });
+        // One write per verdict: a whole line or nothing, and no per-token system calls.
+        let mut bytes = serde_json::to_vec(&line).expect("verdicts serialize");
+        bytes.push(b'\n');
         let log = self.log.clone();
-        let written = tokio::task::spawn_blocking(move || writeln!(log.lock().expect("lock"), "{line}"))
+        let written = tokio::task::spawn_blocking(move || log.lock().expect("lock").write_all(&bytes))
             .await
             .expect("audit task panicked");
         written.map_err(|e| ApiError::Internal(format!("the audit log cannot be written, so nothing is admitted: {e}")))

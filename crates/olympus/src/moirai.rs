@@ -242,6 +242,25 @@ impl Moirai {
         Ok(info.and_then(|i| self.nodes.get(&i).map(|n| (i, n))))
     }
 
+    /// Drops the placements of sandboxes that ended from what is counted on top of nodes'
+    /// reports (a sandbox that ended before its node reported it would otherwise weigh on the
+    /// node until its next report). Runs until the process ends.
+    pub async fn forget_ended(self: Arc<Self>) {
+        let mut rx = self.events.subscribe();
+        loop {
+            match rx.recv().await {
+                Ok(r) if r.state.is_terminal() => {
+                    let mut v = self.view.lock().expect("lock");
+                    for placed in v.placed.values_mut() {
+                        placed.retain(|(_, id, _)| *id != r.id);
+                    }
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Clotho's loop: pull, and hand each delivery to its own task. Runs until the process ends.
     pub async fn run(self: Arc<Self>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
@@ -389,6 +408,11 @@ impl Moirai {
                 Err(why) => return Ok(Placement::Waiting(why)),
                 Ok(fit) => {
                     let name = atropos(&fit, self.cfg.strategy).expect("fit is not empty").name.clone();
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        let loads: Vec<String> =
+                            fit.iter().map(|n| format!("{}={:.3}/{}", n.name, n.load(), n.used.slots)).collect();
+                        tracing::debug!(sandbox = %rec.id, chosen = %name, candidates = %loads.join(" "), "Atropos chose");
+                    }
                     // Counted at once, so concurrent placements see it.
                     v.placed.entry(name.clone()).or_default().push((Utc::now(), rec.id.clone(), demand.takes));
                     name
@@ -424,7 +448,7 @@ impl Moirai {
     /// Hands a sandbox placed on a node to that node. `true` once its outcome is recorded.
     async fn hand_over(&self, rec: &SandboxRecord) -> bool {
         let name = rec.node.clone().unwrap_or_default();
-        let found = match self.node_of(&name).await {
+        let found = match self.viewed(&name).await {
             Ok(f) => f,
             Err(e) => {
                 warn!(sandbox = %rec.id, error = %e, "reading Hades failed; retrying");
@@ -464,15 +488,21 @@ impl Moirai {
         }
     }
 
+    /// Node `name` and how to reach it, from the cached view of Hades (refreshed if stale).
+    async fn viewed(&self, name: &str) -> Result<Option<(NodeInfo, Arc<dyn Node>)>, StoreError> {
+        self.refresh(false).await?;
+        let info = self.view.lock().expect("lock").nodes.iter().find(|n| n.name == name).cloned();
+        Ok(info.and_then(|i| self.nodes.get(&i).map(|n| (i, n))))
+    }
+
     /// Resolves once node `name` is dead (or gone) in Hades.
     async fn until_dead(&self, name: &str) {
         loop {
             tokio::time::sleep(RETRY).await;
-            if let Ok(nodes) = self.state.hades.nodes().await {
-                match nodes.iter().find(|n| n.name == name) {
-                    Some(n) if n.state(Utc::now(), self.cfg.dead_after) != NodeState::Dead => {}
-                    _ => return,
-                }
+            match self.viewed(name).await {
+                Ok(Some((n, _))) if n.state(Utc::now(), self.cfg.dead_after) != NodeState::Dead => {}
+                Ok(_) => return,
+                Err(_) => {}
             }
         }
     }

@@ -65,6 +65,7 @@ impl Olympus {
         let moirai =
             Arc::new(Moirai::new(state.clone(), events.clone(), nodes, metrics.clone(), cfg.scheduler.clone()));
         tokio::spawn(moirai.clone().run());
+        tokio::spawn(moirai.clone().forget_ended());
         tokio::spawn(reconcile::watch_nodes(moirai.clone(), DEATH_WATCH));
         tokio::spawn(count_endings(events.clone(), metrics.clone()));
         tokio::spawn({

@@ -180,7 +180,9 @@ async fn measure(a: &ScheduleArgs, realm: &mut Realm, rootfs: Option<&Path>) -> 
             "simulated: agents record each sandbox running then exited after {}; no sandbox is started",
             humantime::format_duration(a.simulated_duration.0)
         ),
-        Launch::Real => "real: gVisor sandboxes of `true`".to_owned(),
+        Launch::Real => {
+            format!("real: gVisor sandboxes of `true` in {}", rootfs.map_or("-".into(), |r| r.display().to_string()))
+        }
     };
     eprintln!(
         "bench: starting a realm under Redis prefix {}: one olympus and {} agents ({launch})",
@@ -417,7 +419,8 @@ impl Realm {
             .kill_on_drop(!self.keep);
         if !self.keep {
             // Killed with the bench even when the bench cannot clean up (SIGKILL, a panic). The
-            // signal follows the spawning thread: a runtime worker, alive as long as the bench.
+            // signal follows the thread that spawned the child: the bench's main thread or a
+            // runtime worker, both alive as long as the bench.
             // SAFETY: prctl is async-signal-safe and changes only the new process.
             unsafe {
                 cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
