@@ -227,18 +227,14 @@ impl Moirai {
         Self { state, events, nodes, metrics, cfg, view: Mutex::default() }
     }
 
-    /// The nodes Hades knows, with their state.
+    /// The nodes Hades knows (in-process ones as they are now).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        self.state.hades.nodes().await
+        Ok(self.nodes.freshen(self.state.hades.nodes().await?))
     }
 
-    /// The node a record is placed on, if it is alive and reachable from here.
+    /// The node a record is placed on, if Hades knows it and it is reachable from here.
     pub async fn node_of(&self, name: &str) -> Result<Option<(NodeInfo, Arc<dyn Node>)>, StoreError> {
-        if let Some(local) = self.nodes.local_named(name) {
-            let info = self.state.hades.nodes().await?.into_iter().find(|n| n.name == name);
-            return Ok(info.map(|i| (i, local)));
-        }
-        let info = self.state.hades.nodes().await?.into_iter().find(|n| n.name == name);
+        let info = self.nodes().await?.into_iter().find(|n| n.name == name);
         Ok(info.and_then(|i| self.nodes.get(&i).map(|n| (i, n))))
     }
 
@@ -368,7 +364,7 @@ impl Moirai {
     async fn refresh(&self, force: bool) -> Result<(), StoreError> {
         let stale = self.view.lock().expect("lock").fetched.is_none_or(|t| force || t.elapsed() >= VIEW_TTL);
         if stale {
-            let nodes = self.state.hades.nodes().await?;
+            let nodes = self.nodes().await?;
             let mut v = self.view.lock().expect("lock");
             let now = Utc::now();
             let alive = nodes.iter().filter(|n| n.state(now, self.cfg.dead_after) != NodeState::Dead).count();

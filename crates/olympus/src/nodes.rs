@@ -104,6 +104,8 @@ type Addressed = (String, Arc<dyn Node>);
 /// Finds nodes by name: in-process agents first, then remote agents at the address Hades holds.
 pub struct Directory {
     local: HashMap<String, Arc<dyn Node>>,
+    /// The in-process agents themselves: they answer for their own state, fresher than Hades.
+    agents: Vec<Arc<Hecatoncheir>>,
     /// The secret remote agents require.
     secret: Option<String>,
     /// Remote agents by name, with the address each was reached at.
@@ -111,20 +113,29 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// A directory of in-process nodes only (`tartarus up`).
-    pub fn local(nodes: Vec<Arc<dyn Node>>) -> Self {
-        let local = nodes.into_iter().map(|n| (n.name().to_owned(), n)).collect();
-        Self { local, secret: None, remote: Mutex::default() }
+    /// A directory of in-process agents only (`tartarus up`).
+    pub fn local(agents: Vec<Arc<Hecatoncheir>>) -> Self {
+        let local = agents.iter().map(|a| (a.name().to_owned(), Arc::new(a.clone()) as Arc<dyn Node>)).collect();
+        Self { local, agents, secret: None, remote: Mutex::default() }
     }
 
     /// A directory of remote agents, reached with `secret`.
     pub fn remote(secret: String) -> Self {
-        Self { local: HashMap::new(), secret: Some(secret), remote: Mutex::default() }
+        Self { local: HashMap::new(), agents: Vec::new(), secret: Some(secret), remote: Mutex::default() }
     }
 
-    /// The in-process nodes.
-    pub fn locals(&self) -> impl Iterator<Item = &Arc<dyn Node>> {
-        self.local.values()
+    /// `nodes` (from Hades) with the in-process agents' entries replaced by what they say of
+    /// themselves now: an agent in this very process is alive whenever this code runs, even if
+    /// its last heartbeat is late.
+    pub fn freshen(&self, mut nodes: Vec<NodeInfo>) -> Vec<NodeInfo> {
+        for agent in &self.agents {
+            let now = agent.node_info();
+            match nodes.iter_mut().find(|n| n.name == now.name) {
+                Some(n) => *n = NodeInfo { draining: n.draining, ..now },
+                None => nodes.push(now),
+            }
+        }
+        nodes
     }
 
     /// Whether a node with this registration can be reached from here.
@@ -148,10 +159,5 @@ impl Directory {
                 Some(node)
             }
         }
-    }
-
-    /// The in-process node called `name`, if any.
-    pub fn local_named(&self, name: &str) -> Option<Arc<dyn Node>> {
-        self.local.get(name).cloned()
     }
 }

@@ -51,7 +51,7 @@ const ADMISSION_GRACE: chrono::Duration = chrono::Duration::seconds(5);
 /// Rebuilds the view of the realm and repairs records. Safe to call repeatedly.
 pub async fn reconcile(moirai: &Moirai) -> Result<ReconcileReport, StoreError> {
     let now = Utc::now();
-    let nodes = moirai.state.hades.nodes().await?;
+    let nodes = moirai.nodes().await?;
     let mut report = ReconcileReport { nodes: nodes.len(), ..Default::default() };
     // Records first, then the agents: a sandbox recorded as running before its agent was asked,
     // and not held by it, has ended (its record says so by now) or vanished.
@@ -178,7 +178,7 @@ pub async fn watch_nodes(moirai: Arc<Moirai>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let Ok(nodes) = moirai.state.hades.nodes().await else { continue };
+        let Ok(nodes) = moirai.nodes().await else { continue };
         let now = Utc::now();
         for n in nodes.iter().filter(|n| n.state(now, moirai.cfg.dead_after) == NodeState::Dead) {
             if handled.get(&n.name) == Some(&n.heartbeat_at) {

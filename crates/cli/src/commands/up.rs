@@ -9,7 +9,7 @@ use anyhow::Context;
 use tartarus_hecatoncheir::{AgentConfig, Hecatoncheir};
 use tartarus_olympus::judges::Policy;
 use tartarus_olympus::moirai::SchedulerConfig;
-use tartarus_olympus::nodes::{Directory, Node};
+use tartarus_olympus::nodes::Directory;
 use tartarus_olympus::{Olympus, OlympusConfig};
 use tartarus_store::{EmbeddedStore, Events, State};
 
@@ -105,7 +105,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
         },
         state,
         events,
-        Directory::local(vec![Arc::new(agent) as Arc<dyn Node>]),
+        Directory::local(vec![agent]),
     )
     .await
     .context("starting Olympus")?;

@@ -42,7 +42,7 @@ fn view(ctx: &Ctx, info: NodeInfo) -> NodeView {
 /// The nodes in Hades.
 #[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = NodeList), (status = 401, body = ErrorBody)))]
 pub async fn nodes(State(ctx): State<Ctx>) -> Result<Json<NodeList>, ApiError> {
-    let mut nodes = ctx.state.hades.nodes().await?;
+    let mut nodes = ctx.moirai.nodes().await?;
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(NodeList { nodes: nodes.into_iter().map(|n| view(&ctx, n)).collect() }))
 }
@@ -51,7 +51,7 @@ async fn set_draining(ctx: &Ctx, name: &str, draining: bool) -> Result<NodeView,
     if !ctx.state.hades.set_draining(name, draining).await? {
         return Err(ApiError::NotFound(format!("no node {name:?} in Hades; see GET /v1/nodes")));
     }
-    let info = ctx.state.hades.nodes().await?.into_iter().find(|n| n.name == name);
+    let info = ctx.moirai.nodes().await?.into_iter().find(|n| n.name == name);
     let info = info.ok_or_else(|| ApiError::NotFound(format!("node {name:?} left Hades")))?;
     Ok(view(ctx, info))
 }
@@ -126,7 +126,7 @@ pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     if let Ok(depth) = ctx.state.acheron.depth().await {
         ctx.metrics.queue_depth.set(depth as i64);
     }
-    if let Ok(nodes) = ctx.state.hades.nodes().await {
+    if let Ok(nodes) = ctx.moirai.nodes().await {
         let now = Utc::now();
         let alive: Vec<&NodeInfo> =
             nodes.iter().filter(|n| n.state(now, ctx.moirai.cfg.dead_after) != NodeState::Dead).collect();
