@@ -137,10 +137,20 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
         format!("labels {:?}", args.labels),
     ])?;
     let app = tartarus_hecatoncheir::api::router(agent, secret);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(daemon::shutdown_signal())
-        .await
-        .context("serving the agent API")?;
+    // Streams Olympus proxies (logs -f, exec) may stay open: after the signal they get a short
+    // grace, then the agent stops regardless (its sandboxes keep running).
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let signalled = async move {
+        daemon::shutdown_signal().await;
+        let _ = stop_tx.send(());
+    };
+    tokio::select! {
+        r = axum::serve(listener, app).with_graceful_shutdown(signalled) => r.context("serving the agent API")?,
+        _ = async {
+            let _ = stop_rx.await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        } => {}
+    }
     eprintln!("tartarus: agent {node} stopped; its sandboxes keep running and are re-adopted by its next start");
     Ok(0)
 }
