@@ -151,11 +151,14 @@ impl Settings {
 struct Activity {
     last: Arc<Mutex<Instant>>,
     execs: Arc<std::sync::atomic::AtomicUsize>,
+    /// Seen running by the runtime, so `exec` can reach it (a sandbox recorded as running may
+    /// still be booting for a few milliseconds).
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Activity {
     fn new() -> Self {
-        Self { last: Arc::new(Mutex::new(Instant::now())), execs: Default::default() }
+        Self { last: Arc::new(Mutex::new(Instant::now())), execs: Default::default(), ready: Default::default() }
     }
 
     fn touch(&self) {
@@ -805,6 +808,20 @@ impl Hecatoncheir {
     pub async fn exec(self: &Arc<Self>, id: &SandboxId, req: ExecRequest) -> Result<ExecStream, AgentError> {
         let rec = self.get(id).await?;
         let (activity, settings) = self.live_or_err(&rec, &[SandboxState::Running])?;
+        if !activity.ready.load(std::sync::atomic::Ordering::SeqCst) {
+            let give_up = Instant::now() + READY_WAIT;
+            while Instant::now() < give_up {
+                match self.runtime.status(id).await {
+                    Ok(Some(RuntimeStatus::Running)) => {
+                        activity.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                        break;
+                    }
+                    // Not known to the runtime yet, or still being created: wait a little.
+                    Ok(None | Some(RuntimeStatus::Creating)) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    _ => break,
+                }
+            }
+        }
         let guard = ExecGuard::new(activity);
         let n = self.exec_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let spec = ExecSpec {
