@@ -286,16 +286,16 @@ impl Hecatoncheir {
         crate::hermes::logs(self.state.sandboxes.clone(), self.events.clone(), self.dir(id), id.clone(), follow)
     }
 
-    /// Registers this node in Hades and keeps its heartbeat fresh, every `every`; now and then
-    /// also lets go of sandboxes whose records say they are no longer this node's (marked lost
-    /// while this node was unreachable, or placed elsewhere).
-    pub async fn heartbeats(self: Arc<Self>, every: Duration) {
+    /// Registers this node in `hades` and keeps its heartbeat fresh, every `every`. (`tartarus
+    /// agent` runs this on a thread and Redis connection of its own, so a burst of launches on
+    /// the agent's runtime never delays a heartbeat.)
+    pub async fn heartbeats(self: Arc<Self>, hades: Arc<dyn tartarus_store::Hades>, every: Duration) {
         let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
-        let mut beats = 0u64;
         loop {
             tick.tick().await;
-            match self.state.hades.heartbeat(&self.node_info()).await {
+            match hades.heartbeat(&self.node_info()).await {
                 Ok(()) if failing => {
                     info!("heartbeats reach Hades again");
                     failing = false;
@@ -307,10 +307,16 @@ impl Hecatoncheir {
                 }
                 Err(_) => {}
             }
-            beats += 1;
-            if beats.is_multiple_of(5) {
-                self.release_disowned().await;
-            }
+        }
+    }
+
+    /// Every `every`, lets go of sandboxes whose records say they are no longer this node's
+    /// (marked lost while this node was unreachable, or placed elsewhere).
+    pub async fn watch_disowned(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            self.release_disowned().await;
         }
     }
 

@@ -360,6 +360,11 @@ impl Moirai {
         }
     }
 
+    /// Makes the next placement read Hades afresh (after a drain, say).
+    pub fn invalidate_view(&self) {
+        self.view.lock().expect("lock").fetched = None;
+    }
+
     /// Refreshes the view of Hades if it is older than [`VIEW_TTL`] (or `force`).
     async fn refresh(&self, force: bool) -> Result<(), StoreError> {
         let stale = self.view.lock().expect("lock").fetched.is_none_or(|t| force || t.elapsed() >= VIEW_TTL);

@@ -89,14 +89,13 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
         }
         None => format!("http://{bound}"),
     };
-    let redis = RedisStore::connect(RedisConfig {
+    let redis_cfg = RedisConfig {
         url: args.redis.clone(),
         prefix: args.redis_prefix.clone(),
         consumer: format!("agent-{node}"),
         claim_after: Duration::from_secs(30),
-    })
-    .await
-    .context("connecting to Redis")?;
+    };
+    let redis = RedisStore::connect(redis_cfg.clone()).await.context("connecting to Redis")?;
     let state = State::redis(redis);
     let simulate = args.simulate_launch.map(|d| d.0);
     if let Some(d) = simulate {
@@ -122,7 +121,29 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     );
     let report = agent.adopt().await.context("re-adopting sandboxes from before the restart")?;
     state.hades.heartbeat(&agent.node_info()).await.context("registering the node with Hades")?;
-    tokio::spawn(agent.clone().heartbeats(args.heartbeat.0));
+    // Heartbeats on a thread and a Redis connection of their own: launches keep the agent's
+    // runtime busy (process spawns, cgroups, bundles), and a late heartbeat means a dead node.
+    let beat = (agent.clone(), redis_cfg.clone(), args.heartbeat.0);
+    std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("heartbeat runtime");
+            rt.block_on(async move {
+                let (agent, cfg, every) = beat;
+                let hades = loop {
+                    match RedisStore::connect(cfg.clone()).await {
+                        Ok(r) => break r,
+                        Err(e) => {
+                            warn!(error = %e, "heartbeat connection to Redis failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                };
+                agent.heartbeats(hades, every).await
+            })
+        })
+        .context("starting the heartbeat thread")?;
+    tokio::spawn(agent.clone().watch_disowned(args.heartbeat.0 * 5));
     let hello = tartarus_olympus::api::agents::Hello {
         node: node.clone(),
         adopted: report.adopted,

@@ -88,7 +88,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     }
     // Fresh in Hades before Olympus looks: an old heartbeat would make the node look dead.
     state.hades.heartbeat(&agent.node_info()).await.context("registering the node")?;
-    tokio::spawn(agent.clone().heartbeats(HEARTBEAT));
+    tokio::spawn(agent.clone().heartbeats(state.hades.clone(), HEARTBEAT));
     let olympus = Olympus::start(
         OlympusConfig {
             admin_token: token,

@@ -17,6 +17,9 @@ use serde_json::Value;
 
 use super::{build_busybox_rootfs, kill_leftovers, read_secret, signal, Api, Daemon, TEMPLATE};
 
+/// One fleet at a time: each runs dozens of gVisor sandboxes on a machine of two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How fast agents heartbeat in tests.
 pub const HEARTBEAT: &str = "300ms";
 /// When Olympus declares a silent node dead in tests (the default; a 2-core machine launching
@@ -146,6 +149,8 @@ pub struct Fleet {
     pub agents: Vec<Agent>,
     tmp: tempfile::TempDir,
     rootfs: PathBuf,
+    /// Released when the fleet is gone (after its processes are killed).
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl std::ops::Deref for Fleet {
@@ -164,6 +169,7 @@ impl Fleet {
 
     /// [`Fleet::start`] with extra arguments for the first Olympus (e.g. `["--dead-after", "3s"]`).
     pub async fn start_with(agents: &[AgentSpec], olympus_args: &[&str]) -> Fleet {
+        let serial = SERIAL.lock().await;
         let tmp = tempfile::Builder::new().prefix("tartarus-fleet-").tempdir().expect("tempdir");
         let rootfs = tmp.path().join("busybox-rootfs");
         build_busybox_rootfs(&rootfs);
@@ -173,7 +179,7 @@ impl Fleet {
         let mut api = Api::new(&o1_dir, o1.log.clone());
         api.url = o1.start().await;
         api.token = read_secret(&o1_dir.join("admin.token"), &o1).await;
-        let mut fleet = Fleet { api, redis, olympus: vec![o1], agents: Vec::new(), tmp, rootfs };
+        let mut fleet = Fleet { api, redis, olympus: vec![o1], agents: Vec::new(), tmp, rootfs, _serial: serial };
         for spec in agents {
             fleet.add_agent(spec).await;
         }

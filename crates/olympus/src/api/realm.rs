@@ -51,6 +51,8 @@ async fn set_draining(ctx: &Ctx, name: &str, draining: bool) -> Result<NodeView,
     if !ctx.state.hades.set_draining(name, draining).await? {
         return Err(ApiError::NotFound(format!("no node {name:?} in Hades; see GET /v1/nodes")));
     }
+    // Placements by this Olympus follow at once (others within their view's 250 ms).
+    ctx.moirai.invalidate_view();
     let info = ctx.moirai.nodes().await?.into_iter().find(|n| n.name == name);
     let info = info.ok_or_else(|| ApiError::NotFound(format!("node {name:?} left Hades")))?;
     Ok(view(ctx, info))
