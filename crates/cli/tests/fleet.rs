@@ -133,8 +133,16 @@ async fn placement_follows_labels_capacity_and_load() {
     let listed: Value = serde_json::from_str(&out.stdout).expect("node ls json");
     assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
     let out = fleet.cli(&["ps", "--state", "running", "--output", "json", "--all"]).await;
+    assert_eq!(out.code, 0, "{out}");
     let ps: Value = serde_json::from_str(&out.stdout).expect("ps json");
-    assert!(ps.as_array().unwrap().iter().all(|r| r["node"].is_string()), "{ps}");
+    let ps = ps.as_array().expect("ps lists records");
+    assert_eq!(ps.len(), 60, "{ps:?}");
+    for r in ps {
+        let id = id_of(r);
+        let node = r["node"].as_str().unwrap_or_else(|| panic!("no node in ps for {id}: {r}"));
+        let held = nodes.iter().find(|n| n["name"] == node).map(|n| n["holds"].clone()).unwrap_or_default();
+        assert!(held.as_array().is_some_and(|h| h.contains(&json!(id))), "{id} not held by its node {node}: {nodes:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -150,6 +158,12 @@ async fn agent_killed_mid_launch_leaves_no_sandbox_lost_silently_or_twice() {
     // Some run, some are still starting.
     fleet.wait_running(&ids[0], Duration::from_secs(60)).await;
     fleet.agent("a1").daemon.kill();
+    let mut unstarted = 0;
+    for id in &ids {
+        let state = fleet.record(id).await["state"].clone();
+        unstarted += usize::from(state == "queued" || state == "starting");
+    }
+    assert!(unstarted > 0, "every sandbox was already running when the agent was killed: nothing tested");
     tokio::time::sleep(Duration::from_millis(500)).await;
     fleet.agent("a1").daemon.start().await;
     let recs = settle(&fleet, &ids, Duration::from_secs(120)).await;
@@ -182,12 +196,23 @@ async fn olympus_killed_mid_stream_launches_every_queued_request_once() {
         return;
     }
     let mut fleet = Fleet::start(&[spec("a1", "", 8192, 50), spec("a2", "", 8192, 50)]).await;
+    // Three long-running sandboxes, then twenty quick jobs, and Olympus dies at once.
+    let mut sleepers = Vec::new();
+    for _ in 0..3 {
+        let id = id_of(&fleet.create(sleeper(64, json!({}))).await);
+        fleet.wait_running(&id, Duration::from_secs(60)).await;
+        sleepers.push(id);
+    }
     let mut ids = Vec::new();
     for i in 0..20 {
         let soul = json!({"template": TEMPLATE, "command": ["sh", "-c", format!("echo job {i}")]});
         ids.push(id_of(&fleet.create(soul).await));
     }
+    let (_, list) = fleet.get("/v1/sandboxes?limit=1000").await;
     fleet.olympus[0].kill();
+    let unfinished =
+        list["sandboxes"].as_array().unwrap().iter().filter(|r| ids.contains(&id_of(r)) && !is_terminal(r)).count();
+    assert!(unfinished > 0, "every job had ended before Olympus was killed: nothing tested");
     let url = fleet.olympus[0].start().await;
     fleet.api.url = url;
     for (i, id) in ids.iter().enumerate() {
@@ -201,11 +226,66 @@ async fn olympus_killed_mid_stream_launches_every_queued_request_once() {
     }
     let started = starts(&fleet, &ids);
     assert!(started.values().all(|&n| n == 1), "not launched exactly once: {started:?}");
-    let (status, report) = fleet.post("/v1/admin/reconcile", json!({})).await;
-    assert_eq!(status, StatusCode::OK, "{report}");
+    // The restarted Olympus's view agrees with what the agents run: the three sleepers, confirmed
+    // by their nodes; nothing lost, nothing requeued — however often it is asked.
+    for _ in 0..2 {
+        let (status, report) = fleet.post("/v1/admin/reconcile", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        assert_eq!(report["nodes_asked"].as_array().map(Vec::len), Some(2), "{report}");
+        assert_eq!(report["confirmed"], 3, "{report}");
+        assert_eq!((&report["lost"], &report["requeued"]), (&json!([]), &json!([])), "{report}");
+    }
+    let out = fleet.cli(&["ps", "--state", "running", "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{out}");
+    let ps: Value = serde_json::from_str(&out.stdout).expect("ps json");
+    let mut running: Vec<String> = ps.as_array().expect("ps lists records").iter().map(id_of).collect();
+    running.sort();
+    sleepers.sort();
+    assert_eq!(running, sleepers, "{ps}");
     let (_, list) = fleet.get("/v1/sandboxes?limit=1000").await;
     let listed: Vec<String> = list["sandboxes"].as_array().unwrap().iter().map(id_of).collect();
     assert!(ids.iter().all(|id| listed.contains(id)), "the list lost sandboxes: {list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_refusing_launches_sends_the_sandbox_to_cocytus_after_max_attempts() {
+    if !ready() {
+        return;
+    }
+    let mut fleet = Fleet::start_with(&[spec("a1", "good=yes", 8192, 50)], &["--max-attempts", "2"]).await;
+    // An agent given another secret than the realm's: it heartbeats through Redis, so Hades
+    // counts it alive, but it refuses every call from Olympus (and Olympus refuses its hello).
+    let wrong = fleet.dir().join("wrong.secret");
+    std::fs::write(&wrong, "ta_not_the_realms_secret").expect("write secret");
+    fleet.add_agent_with_secret(&spec("bad", "", 8192, 50), &wrong).await;
+    fleet.wait_alive(vec!["bad"]).await;
+    let out = fleet.cli(&["node", "drain", "a1"]).await;
+    assert_eq!(out.code, 0, "{out}");
+    let id = id_of(&fleet.create(sleeper(64, json!({}))).await);
+    let r = fleet.wait_ended(&id, Duration::from_secs(60)).await;
+    assert_eq!((r["state"].as_str(), r["attempts"].as_u64()), (Some("failed"), Some(2)), "{r}");
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("gave up after 2 placements"), "{r}");
+    assert!(error.contains("refused the realm's agent secret"), "{r}");
+    // Cocytus: the first attempt as a retry, the last as the failure, both naming the node.
+    let out = fleet.cli(&["failures", "--sandbox", &id, "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{out}");
+    let failures: Value = serde_json::from_str(&out.stdout).expect("failures json");
+    let mut kinds: Vec<(String, String)> = failures
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|f| (f["kind"].as_str().unwrap_or("?").to_owned(), f["node"].as_str().unwrap_or("?").to_owned()))
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, [("failed".into(), "bad".into()), ("retry".into(), "bad".into())], "{failures}");
+    let agent_log = fleet.agent("bad").daemon.log();
+    assert!(agent_log.contains("Olympus refused the agent secret"), "{agent_log}");
+    // The well-configured node takes work again once undrained.
+    let out = fleet.cli(&["node", "undrain", "a1"]).await;
+    assert_eq!(out.code, 0, "{out}");
+    let ok = id_of(&fleet.create(sleeper(64, json!({"good": "yes"}))).await);
+    assert_eq!(fleet.wait_running(&ok, Duration::from_secs(60)).await["node"], "a1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -320,7 +400,7 @@ async fn the_realm_recovers_from_redis_restarts_and_lost_queues() {
     if !ready() {
         return;
     }
-    let mut fleet = Fleet::start(&[spec("a1", "", 8192, 50)]).await;
+    let mut fleet = Fleet::start_with(&[spec("a1", "", 8192, 50)], &["--reconcile-every", "2s"]).await;
     let before =
         run_eventually(&fleet, json!({"template": TEMPLATE, "command": ["echo", "before"]}), Duration::from_secs(60))
             .await;
@@ -353,8 +433,8 @@ async fn the_realm_recovers_from_redis_restarts_and_lost_queues() {
     fleet.wait_for(&orphan, "pending", Duration::from_secs(10), |r| r["pending_reason"].is_string()).await;
     fleet.olympus[0].kill();
     assert!(redis_cmd(fleet.redis.port, &["DEL", "tartarus:acheron"]).starts_with(":1"));
-    // Older than the admission grace, so reconciliation knows it is not merely in transit.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Restarted at once, while the record is younger than the admission grace (it might still be
+    // in transit to Acheron): the start-up pass leaves it, a periodic one queues it again.
     let url = fleet.olympus[0].start().await;
     fleet.api.url = url;
     let (status, _) = fleet.post("/v1/nodes/a1/undrain", json!({})).await;

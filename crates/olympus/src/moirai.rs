@@ -5,9 +5,10 @@
 //! record says the outcome is durable, and only then acknowledges the entry:
 //! - `queued`: place it (Lachesis, Atropos), or wait — bounded by `pending_timeout` — with the
 //!   reason in the record's `pending_reason`;
-//! - `starting` on a node: hand it over (`launch`, idempotent on the agent); a node that cannot
-//!   be reached is tried again until Hades declares it dead, then the sandbox is queued again
-//!   (at most `max_attempts` placements, then it fails into Cocytus);
+//! - `starting` on a node: hand it over (`launch`, idempotent on the agent), then look at the
+//!   record again; a node that refuses the launch, dies, or cannot be reached for
+//!   `3 × dead_after` gets the sandbox taken back to the queue, each attempt a `retry` in Cocytus
+//!   — after `max_attempts` placements the sandbox fails into Cocytus with the last error;
 //! - anything else (running, ended): nothing left to do.
 //!
 //! Two Olympus processes may share one Acheron: the record's compare-and-set transitions decide
@@ -57,6 +58,9 @@ pub struct SchedulerConfig {
     pub max_attempts: u32,
     /// Atropos's choice.
     pub strategy: Strategy,
+    /// How often the realm is reconciled in the background (besides at start-up and on demand):
+    /// repairs what no other path notices, such as queue entries a Redis restart lost.
+    pub reconcile_every: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -66,6 +70,7 @@ impl Default for SchedulerConfig {
             pending_timeout: Duration::from_secs(300),
             max_attempts: 3,
             strategy: Strategy::LeastLoaded,
+            reconcile_every: Duration::from_secs(30),
         }
     }
 }
@@ -213,6 +218,14 @@ pub struct Moirai {
     view: Mutex<View>,
 }
 
+/// What became of one hand-over to a node.
+enum HandOver {
+    /// The record changed (launched, ended, or queued again): look at it again now.
+    Changed,
+    /// Nothing changed yet: look again after [`RETRY`].
+    Later,
+}
+
 /// What became of one placement attempt.
 enum Placement {
     /// Recorded as starting on a node (by this process or a concurrent one).
@@ -289,6 +302,8 @@ impl Moirai {
     /// Carries one delivery to a durable outcome, then acknowledges it.
     async fn handle(&self, d: Delivery) {
         let waiting_since = Instant::now();
+        // Since when the node the sandbox is placed on has not answered, and which node that is.
+        let mut unanswered: Option<(String, Instant)> = None;
         loop {
             let rec = match self.state.sandboxes.get(&d.id).await {
                 Ok(r) => r,
@@ -312,7 +327,10 @@ impl Moirai {
                             false
                         }
                     },
-                    SandboxState::Starting => self.hand_over(r).await,
+                    SandboxState::Starting => match self.hand_over(r, &mut unanswered).await {
+                        HandOver::Changed => continue,
+                        HandOver::Later => false,
+                    },
                     _ => true,
                 },
             };
@@ -446,25 +464,24 @@ impl Moirai {
         Ok(Placement::Placed)
     }
 
-    /// Hands a sandbox placed on a node to that node. `true` once its outcome is recorded.
-    async fn hand_over(&self, rec: &SandboxRecord) -> bool {
+    /// Hands a sandbox placed on a node to that node. The agent answers once the sandbox runs or
+    /// its failure is recorded, so after a successful hand-over the record is read again (and
+    /// acknowledged only when it says so). A node that refuses the launch, is declared dead, or
+    /// does not answer for `3 × dead_after` while still heartbeating gets the sandbox taken back.
+    async fn hand_over(&self, rec: &SandboxRecord, unanswered: &mut Option<(String, Instant)>) -> HandOver {
         let name = rec.node.clone().unwrap_or_default();
         let found = match self.viewed(&name).await {
             Ok(f) => f,
             Err(e) => {
                 warn!(sandbox = %rec.id, error = %e, "reading Hades failed; retrying");
-                return false;
+                return HandOver::Later;
             }
         };
         let (info, node) = match found {
             Some((info, node)) if info.state(Utc::now(), self.cfg.dead_after) != NodeState::Dead => (info, node),
-            Some(_) => {
-                self.requeue(rec, &format!("node {name} died before starting it")).await;
-                return false;
-            }
+            Some(_) => return self.requeue(rec, &format!("node {name} died before starting it")).await,
             None => {
-                self.requeue(rec, &format!("node {name} is not registered or not reachable from here")).await;
-                return false;
+                return self.requeue(rec, &format!("node {name} is not registered or not reachable from here")).await
             }
         };
         // Launching may hang on a node that stops answering: watch for its death meanwhile.
@@ -473,19 +490,35 @@ impl Moirai {
             _ = self.until_dead(&info.name) => None,
         };
         match launched {
-            Some(Ok(())) => true,
+            Some(Ok(())) => {
+                *unanswered = None;
+                HandOver::Changed
+            }
             Some(Err(e @ NodeError::Unreachable { .. })) => {
-                warn!(sandbox = %rec.id, node = %name, error = %e, "node unreachable; will retry until it answers or is declared dead");
-                false
+                let since = match unanswered {
+                    Some((n, since)) if *n == name => *since,
+                    _ => {
+                        *unanswered = Some((name.clone(), Instant::now()));
+                        Instant::now()
+                    }
+                };
+                let patience = self.cfg.dead_after * 3;
+                if since.elapsed() >= patience {
+                    *unanswered = None;
+                    let why = format!("node {name} did not answer for {}: {e}", humantime::format_duration(patience));
+                    return self.requeue(rec, &why).await;
+                }
+                warn!(sandbox = %rec.id, node = %name, error = %e, "node unreachable; will retry until it answers, is declared dead, or runs out of patience");
+                HandOver::Later
             }
             Some(Err(e)) => {
-                warn!(sandbox = %rec.id, node = %name, error = %e, "node could not record the launch; retrying");
-                false
+                warn!(sandbox = %rec.id, node = %name, error = %e, "node refused the launch");
+                let changed = self.requeue(rec, &format!("node {name} refused the launch: {e}")).await;
+                // A refusal comes back at once: give a passing cause (a store blip) a moment.
+                tokio::time::sleep(RETRY).await;
+                changed
             }
-            None => {
-                self.requeue(rec, &format!("node {name} died while starting it")).await;
-                false
-            }
+            None => self.requeue(rec, &format!("node {name} died while starting it")).await,
         }
     }
 
@@ -510,7 +543,21 @@ impl Moirai {
 
     /// Takes a sandbox that was placed on a failed node back to the queue (or, after
     /// `max_attempts` placements, fails it), recording the attempt in Cocytus.
-    pub async fn requeue(&self, rec: &SandboxRecord, why: &str) {
+    /// [`HandOver::Later`] when the record could not be changed.
+    async fn requeue(&self, rec: &SandboxRecord, why: &str) -> HandOver {
+        match self.take_back(rec, why).await {
+            Ok(_) => HandOver::Changed,
+            Err(e) => {
+                warn!(sandbox = %rec.id, error = %e, "requeueing failed");
+                HandOver::Later
+            }
+        }
+    }
+
+    /// Takes sandbox `rec`, placed on a node that failed it, back to the queue — or, after
+    /// `max_attempts` placements, fails it — recording the attempt in Cocytus. Returns the record
+    /// as it is now (`None`: it has none); a record that moved on meanwhile is left as it is.
+    pub async fn take_back(&self, rec: &SandboxRecord, why: &str) -> Result<Option<SandboxRecord>, StoreError> {
         let (node, max, why_owned) = (rec.node.clone(), self.cfg.max_attempts, why.to_owned());
         let change = move |r: &mut SandboxRecord| {
             if r.state != SandboxState::Starting || r.node != node {
@@ -518,7 +565,10 @@ impl Moirai {
             }
             if r.attempts >= max {
                 r.state = SandboxState::Failed;
-                r.error = Some(format!("gave up after {} placements; last: {why_owned}", r.attempts));
+                r.error = Some(format!(
+                    "gave up after {} placements (each in `tartarus failures --sandbox {}`); last: {why_owned}",
+                    r.attempts, r.id
+                ));
                 r.ended_at = Some(Utc::now());
             } else {
                 r.state = SandboxState::Queued;
@@ -526,27 +576,25 @@ impl Moirai {
                 r.pending_reason = Some(format!("queued again: {why_owned}"));
             }
         };
-        match self.state.sandboxes.update(&rec.id, Box::new(change)).await {
-            Ok(Some(r)) => {
-                if r.state == SandboxState::Queued {
-                    info!(sandbox = %r.id, reason = why, "queued again");
-                    let retry = Failure {
-                        sandbox: r.id.clone(),
-                        tenant: r.spec.tenant.clone(),
-                        node: rec.node.clone(),
-                        kind: "retry".into(),
-                        reason: why.to_owned(),
-                        at: Utc::now(),
-                    };
-                    if let Err(e) = self.state.cocytus.report(&retry).await {
-                        warn!(error = %e, "Cocytus report failed");
-                    }
+        let now = self.state.sandboxes.update(&rec.id, Box::new(change)).await?;
+        if let Some(r) = &now {
+            if r.state == SandboxState::Queued {
+                info!(sandbox = %r.id, reason = why, "queued again");
+                let retry = Failure {
+                    sandbox: r.id.clone(),
+                    tenant: r.spec.tenant.clone(),
+                    node: rec.node.clone(),
+                    kind: "retry".into(),
+                    reason: why.to_owned(),
+                    at: Utc::now(),
+                };
+                if let Err(e) = self.state.cocytus.report(&retry).await {
+                    warn!(error = %e, "Cocytus report failed");
                 }
-                self.events.publish(&r);
             }
-            Ok(None) => {}
-            Err(e) => warn!(sandbox = %rec.id, error = %e, "requeueing failed"),
+            self.events.publish(r);
         }
+        Ok(now)
     }
 }
 

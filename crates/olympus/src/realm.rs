@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tartarus_store::{Events, State};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::api::{self, Ctx};
 use crate::cerberus::Cerberus;
@@ -50,7 +50,7 @@ pub struct Olympus {
 
 impl Olympus {
     /// Assembles the control plane over `state` and the nodes it can reach, starts the
-    /// scheduler and the watch over nodes, and reconciles the realm once in the background.
+    /// scheduler and the watch over nodes, and reconciles the realm at once and then periodically.
     pub async fn start(cfg: OlympusConfig, state: State, events: Events, nodes: Directory) -> std::io::Result<Self> {
         let templates_dir = cfg.data_dir.join("templates");
         std::fs::create_dir_all(&templates_dir)?;
@@ -68,14 +68,7 @@ impl Olympus {
         tokio::spawn(moirai.clone().forget_ended());
         tokio::spawn(reconcile::watch_nodes(moirai.clone(), DEATH_WATCH));
         tokio::spawn(count_endings(events.clone(), metrics.clone()));
-        tokio::spawn({
-            let moirai = moirai.clone();
-            async move {
-                if let Err(e) = reconcile::reconcile(&moirai).await {
-                    warn!(error = %e, "reconciliation at start-up failed; run POST /v1/admin/reconcile later");
-                }
-            }
-        });
+        tokio::spawn(reconcile::every(moirai.clone(), cfg.scheduler.reconcile_every));
         let ctx = Ctx {
             state,
             events,

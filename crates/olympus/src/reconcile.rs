@@ -104,11 +104,13 @@ pub async fn reconcile(moirai: &Moirai) -> Result<ReconcileReport, StoreError> {
                 }
             }
             SandboxState::Starting if dead => {
-                moirai.requeue(rec, &format!("node {node} is dead or unknown")).await;
-                if !queue.contains(&rec.id) {
-                    moirai.state.acheron.push(&rec.id).await?;
+                let now = moirai.take_back(rec, &format!("node {node} is dead or unknown")).await?;
+                if now.is_some_and(|r| r.state == SandboxState::Queued) {
+                    if !queue.contains(&rec.id) {
+                        moirai.state.acheron.push(&rec.id).await?;
+                    }
+                    report.requeued.push(rec.id.clone());
                 }
-                report.requeued.push(rec.id.clone());
             }
             SandboxState::Queued | SandboxState::Starting
                 if !queue.contains(&rec.id) && now - rec.created_at > ADMISSION_GRACE =>
@@ -135,6 +137,10 @@ pub async fn reconcile(moirai: &Moirai) -> Result<ReconcileReport, StoreError> {
             }
         }
     }
+    if report.lost.is_empty() && report.requeued.is_empty() && report.orphans_killed.is_empty() {
+        tracing::debug!(nodes = report.nodes, confirmed = report.confirmed, "reconciled: nothing to repair");
+        return Ok(report);
+    }
     info!(
         nodes = report.nodes,
         confirmed = report.confirmed,
@@ -144,6 +150,28 @@ pub async fn reconcile(moirai: &Moirai) -> Result<ReconcileReport, StoreError> {
         "reconciled"
     );
     Ok(report)
+}
+
+/// Reconciles at once, then every `every`, until the process ends.
+pub async fn every(moirai: Arc<Moirai>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match reconcile(&moirai).await {
+            Ok(_) if failing => {
+                info!("reconciliation works again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                warn!(error = %e, "reconciliation failed; trying again in {every:?} (or POST /v1/admin/reconcile)");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Records a running sandbox as lost (unless it ended or moved meanwhile); `true` if it was.
@@ -207,8 +235,9 @@ async fn bury(moirai: &Moirai, n: &NodeInfo) -> Result<(usize, usize), StoreErro
     let (mut lost, mut requeued) = (0, 0);
     for rec in moirai.state.sandboxes.list(&filter).await? {
         if rec.state == SandboxState::Starting {
-            moirai.requeue(&rec, &format!("node {} stopped heartbeating before starting it", n.name)).await;
-            requeued += 1;
+            let why = format!("node {} stopped heartbeating before starting it", n.name);
+            let now = moirai.take_back(&rec, &why).await?;
+            requeued += usize::from(now.is_some_and(|r| r.state == SandboxState::Queued));
         } else {
             let why = format!(
                 "node {} stopped heartbeating (last at {}); the sandbox is presumed gone",

@@ -424,8 +424,18 @@ fn redis_verdict(shown: &str, s: &RedisSettings) -> Vec<Check> {
             format!("make sure it is Redis {min_major}.{min_minor} or newer"),
         ),
     };
-    let aof = if s.appendonly {
-        Check::ok("redis aof", "appendonly yes: what Redis acknowledged survives its restart")
+    let aof = if s.appendonly && s.appendfsync == "no" {
+        Check::warn(
+            "redis aof",
+            "appendonly yes but appendfsync no: the kernel decides when the log reaches the disk, so a \
+             machine crash can lose tens of seconds of records and queue entries",
+            "set appendfsync everysec (at most a second lost) or always in redis.conf, or CONFIG SET then CONFIG REWRITE",
+        )
+    } else if s.appendonly {
+        Check::ok(
+            "redis aof",
+            format!("appendonly yes, appendfsync {}: what Redis acknowledged survives its restart", s.appendfsync),
+        )
     } else {
         Check::fail(
             "redis aof",
@@ -577,7 +587,12 @@ mod tests {
     }
 
     fn settings(version: &str, appendonly: bool, policy: &str) -> RedisSettings {
-        RedisSettings { version: version.into(), appendonly, maxmemory_policy: policy.into() }
+        RedisSettings {
+            version: version.into(),
+            appendonly,
+            appendfsync: "everysec".into(),
+            maxmemory_policy: policy.into(),
+        }
     }
 
     fn statuses(checks: &[Check]) -> Vec<(&str, Status)> {
@@ -609,6 +624,10 @@ mod tests {
         assert!(checks[2].fix.as_deref().unwrap().contains("maxmemory-policy noeviction"));
         let checks = redis_verdict("u", &settings("7.2.4", true, "volatile-lru"));
         assert_eq!(checks[2].status, Status::Fail);
+        let lazy = RedisSettings { appendfsync: "no".into(), ..settings("7.2.4", true, "noeviction") };
+        let checks = redis_verdict("u", &lazy);
+        assert_eq!(checks[1].status, Status::Warn);
+        assert!(checks[1].fix.as_deref().unwrap().contains("appendfsync everysec"));
     }
 
     #[test]

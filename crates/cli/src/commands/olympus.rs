@@ -55,9 +55,13 @@ pub struct Args {
     /// Queue entries held by a silent Olympus this long are taken over by another.
     #[arg(long, value_parser = args::duration, default_value = "30s")]
     pub claim_after: tartarus_core::HumanDuration,
-    /// Placements tried before a sandbox whose nodes keep dying fails.
+    /// Placements tried before a sandbox fails into Cocytus (its node died, refused the launch,
+    /// or did not answer for 3 × --dead-after); each failed attempt is a `retry` in Cocytus.
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
+    /// How often the realm is reconciled in the background (also at start-up and on demand).
+    #[arg(long, value_parser = args::duration, default_value = "30s")]
+    pub reconcile_every: tartarus_core::HumanDuration,
     /// How Atropos picks among the nodes that fit: least-loaded (spread) or bin-pack.
     #[arg(long, default_value = "least-loaded", value_parser = Strategy::parse)]
     pub placement: Strategy,
@@ -107,6 +111,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
                 pending_timeout: args.pending_timeout.0,
                 max_attempts: args.max_attempts.max(1),
                 strategy: args.placement,
+                reconcile_every: args.reconcile_every.0.max(Duration::from_secs(1)),
             },
             agent_secret: Some(secret.clone()),
         },

@@ -188,6 +188,11 @@ impl Fleet {
         fleet
     }
 
+    /// A directory of the fleet's own, removed with it.
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
     /// The realm's agent secret file (written by `o1`).
     pub fn secret_file(&self) -> PathBuf {
         self.tmp.path().join("o1").join("agent.secret")
@@ -195,6 +200,12 @@ impl Fleet {
 
     /// Starts another agent.
     pub async fn add_agent(&mut self, spec: &AgentSpec) {
+        let secret = self.secret_file();
+        self.add_agent_with_secret(spec, &secret).await;
+    }
+
+    /// Starts another agent that authenticates with the secret in `secret_file`.
+    pub async fn add_agent_with_secret(&mut self, spec: &AgentSpec, secret_file: &Path) {
         let data_dir = self.tmp.path().join(spec.name);
         let mut args: Vec<String> = vec!["--data-dir".into(), data_dir.display().to_string(), "agent".into()];
         args.extend(
@@ -216,7 +227,7 @@ impl Fleet {
             ]
             .map(String::from),
         );
-        args.extend(["--agent-secret-file".to_string(), self.secret_file().display().to_string()]);
+        args.extend(["--agent-secret-file".to_string(), secret_file.display().to_string()]);
         if !spec.labels.is_empty() {
             args.extend(["--labels".to_string(), spec.labels.to_string()]);
         }

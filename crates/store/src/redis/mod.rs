@@ -102,6 +102,8 @@ pub struct RedisSettings {
     pub version: String,
     /// `appendonly yes`.
     pub appendonly: bool,
+    /// `appendfsync`: `always`, `everysec` or `no`.
+    pub appendfsync: String,
     /// `maxmemory-policy`.
     pub maxmemory_policy: String,
 }
@@ -170,8 +172,9 @@ impl RedisStore {
             .map(|v| v.trim().to_owned())
             .unwrap_or_default();
         let appendonly = self.config_get("appendonly").await? == "yes";
+        let appendfsync = self.config_get("appendfsync").await?;
         let maxmemory_policy = self.config_get("maxmemory-policy").await?;
-        Ok(RedisSettings { version, appendonly, maxmemory_policy })
+        Ok(RedisSettings { version, appendonly, appendfsync, maxmemory_policy })
     }
 
     async fn config_get(&self, name: &str) -> Result<String, StoreError> {
