@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tartarus_core::{
     ExecRequest, ExitInfo, Failure, NodeInfo, NodeState, OutputEvent, SandboxId, SandboxRecord, SandboxState,
-    SoulRequest, Stream, TemplateRecord,
+    SnapshotInfo, SoulRequest, Stream, TemplateRecord,
 };
 
 use crate::commands::Global;
@@ -319,9 +319,30 @@ impl Client {
 
     /// `POST /v1/templates`: registers the directory `path` (on the realm's machine) as `name`.
     pub async fn import_template(&self, name: &str, path: &Path) -> anyhow::Result<TemplateRecord> {
+        self.import_template_as(name, path, false).await
+    }
+
+    /// [`Client::import_template`], replacing a template of that name when `replace`.
+    pub async fn import_template_as(&self, name: &str, path: &Path, replace: bool) -> anyhow::Result<TemplateRecord> {
         let path = path.to_str().context("the template directory's path is not UTF-8")?;
-        let body = serde_json::json!({ "name": name, "path": path });
+        let body = serde_json::json!({ "name": name, "path": path, "replace": replace });
         self.json(self.request(Method::POST, "/v1/templates").json(&body), "template").await
+    }
+
+    /// `POST /v1/templates/{name}/warm`: Nyx.Prepare; returns the snapshot made.
+    pub async fn warm_template(&self, name: &str, command: Option<&[String]>) -> anyhow::Result<SnapshotInfo> {
+        let body = serde_json::json!({ "command": command });
+        self.json(self.request(Method::POST, &format!("/v1/templates/{name}/warm")).json(&body), "snapshot").await
+    }
+
+    /// `GET /v1/snapshots`: every template's snapshot, with why it is stale if it is.
+    pub async fn snapshots(&self) -> anyhow::Result<serde_json::Value> {
+        self.json(self.request(Method::GET, "/v1/snapshots"), "snapshot list").await
+    }
+
+    /// `DELETE /v1/templates/{name}/snapshot`.
+    pub async fn remove_snapshot(&self, name: &str) -> anyhow::Result<SnapshotInfo> {
+        self.json(self.request(Method::DELETE, &format!("/v1/templates/{name}/snapshot")), "snapshot").await
     }
 }
 

@@ -53,6 +53,9 @@ enum Command {
     /// Manage templates (root filesystems sandboxes start from).
     #[command(subcommand)]
     Template(commands::template::Command),
+    /// Template snapshots (Nyx): list them, or drop one.
+    #[command(subcommand)]
+    Snapshot(commands::snapshot::Command),
     /// Check this host: which runtimes work, and what to install for those that do not.
     Doctor(commands::doctor::Args),
     /// Measure Tartarus against raw runtimes; prints JSON.
@@ -85,6 +88,7 @@ fn main() {
             Command::Exec(a) => commands::exec::execute(a, &g).await,
             Command::Kill(a) => commands::kill::execute(a, &g).await,
             Command::Template(c) => commands::template::execute(c, &g).await,
+            Command::Snapshot(c) => commands::snapshot::execute(c, &g).await,
             Command::Doctor(a) => commands::doctor::execute(a, &g).await,
             Command::Bench(c) => commands::bench::execute(c, &g).await,
             Command::Shim(_) => unreachable!("handled above"),

@@ -30,5 +30,5 @@ pub use sandbox::{KillReason, SandboxRecord, SandboxState, SandboxStats};
 pub use soul::{
     HeatLevel, HumanDuration, NetworkContract, ResourceClass, Resources, SandboxSpec, SoulRequest, SpecError,
 };
-pub use template::{ImageDefaults, ImageInfo, TemplateName, TemplateRecord};
+pub use template::{ImageDefaults, ImageInfo, SnapshotInfo, TemplateName, TemplateRecord};
 pub use verdict::{Ruling, Verdict};

@@ -167,6 +167,10 @@ pub struct SandboxRecord {
     /// While queued: why no node has taken it yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
+    /// How its node started it: `cold` (booted), or `snapshot snap-…` (restored by Nyx);
+    /// `cold (…)` says why a snapshot was not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launched_from: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -191,6 +195,7 @@ impl SandboxRecord {
             stats: None,
             attempts: 0,
             pending_reason: None,
+            launched_from: None,
         }
     }
 

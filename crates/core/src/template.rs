@@ -112,6 +112,70 @@ pub struct TemplateRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub ext4: Option<PathBuf>,
+    /// Nyx's snapshot of a sandbox warmed on this template (kept when the template is replaced,
+    /// so a snapshot of older content is recognised as stale and rebuilt, never used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotInfo>,
+}
+
+impl TemplateRecord {
+    /// What identifies this template's content: its image's manifest digest, or for an imported
+    /// directory, the import (a re-import is new content).
+    pub fn content_id(&self) -> String {
+        match &self.image {
+            Some(i) => i.manifest_digest.clone(),
+            None => format!("import:{}:{}", self.created_at.timestamp_micros(), self.size_bytes),
+        }
+    }
+
+    /// The snapshot, if there is one made of this very content with `runtime_version`; otherwise
+    /// why the snapshot cannot be used (`Ok(None)`: there is none).
+    pub fn usable_snapshot(&self, runtime_version: &str) -> Result<Option<&SnapshotInfo>, String> {
+        let Some(s) = &self.snapshot else { return Ok(None) };
+        if s.template_content != self.content_id() {
+            return Err(format!(
+                "snapshot {} was made of older content of template {} ({}, now {})",
+                s.id,
+                self.name,
+                s.template_content,
+                self.content_id()
+            ));
+        }
+        if s.runtime_version != runtime_version {
+            return Err(format!(
+                "snapshot {} was made by {}, not by this node's {runtime_version}",
+                s.id, s.runtime_version
+            ));
+        }
+        Ok(Some(s))
+    }
+}
+
+/// Nyx's snapshot of a warmed sandbox: a checkpoint of its memory and processes, stored as one
+/// compressed, content-addressed artifact in the blob store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotInfo {
+    /// Its id (`snap-…`).
+    pub id: String,
+    /// [`TemplateRecord::content_id`] of the template it was made from.
+    pub template_content: String,
+    /// The runtime that made it (`gvisor`).
+    pub runtime: String,
+    /// That runtime's version and mode; another version never restores it.
+    pub runtime_version: String,
+    /// Digest of the compressed artifact (`sha256:…`).
+    pub artifact: String,
+    /// Size of the checkpoint, uncompressed.
+    pub size_bytes: u64,
+    /// Size of the compressed artifact.
+    pub compressed_bytes: u64,
+    /// The command run in the sandbox before the checkpoint, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_command: Option<Vec<String>>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// How long making it took, milliseconds.
+    pub took_ms: u64,
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tartarus_core::{
     Capacity, ExecRequest, ExitInfo, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SandboxSpec,
-    SandboxState, SandboxStats, Stream, TemplateRecord,
+    SandboxState, SandboxStats, SnapshotInfo, Stream, TemplateName, TemplateRecord,
 };
 use tartarus_store::{Events, SandboxFilter, State, StoreError};
 use tokio::io::AsyncReadExt;
@@ -40,6 +40,9 @@ const READY_WAIT: Duration = Duration::from_secs(10);
 /// The ids used when a sandbox's own user cannot be known.
 const NOBODY: (u32, u32) = (65534, 65534);
 
+/// Longest a warm-up command may run.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(600);
+
 /// How often Erinyes measures a sandbox's writable layer against its `disk_mib`.
 const DISK_CHECK: Duration = Duration::from_secs(1);
 
@@ -62,6 +65,8 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// Base URL of this agent's API, as Olympus reaches it (`None` inside `tartarus up`).
     pub address: Option<String>,
+    /// Nyx's snapshot store on this node (`None`: sandboxes always boot cold).
+    pub nyx: Option<crate::nyx::Nyx>,
     /// FOR BENCHMARKS OF THE CONTROL PLANE ONLY: start no sandbox at all; record each as running,
     /// then as exited with code 0 after this long. Never used by tests or real realms.
     pub simulate_launch: Option<Duration>,
@@ -87,6 +92,15 @@ pub enum AgentError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// This node keeps no snapshots (it was started without a blob store).
+    #[error("this node keeps no snapshots")]
+    NoSnapshots,
+    /// No such template.
+    #[error("no template {0} (see `tartarus template ls`)")]
+    NoTemplate(TemplateName),
+    /// Warming a template failed.
+    #[error("warming failed: {0}")]
+    Warm(String),
 }
 
 /// Output of an `exec`, ending with [`OutputEvent::Exit`].
@@ -206,6 +220,8 @@ pub struct Hecatoncheir {
     launching: Mutex<HashMap<SandboxId, (LaunchGate, Capacity)>>,
     exec_seq: std::sync::atomic::AtomicU64,
     started_at: DateTime<Utc>,
+    /// Templates whose snapshot is being rebuilt.
+    warming: Mutex<std::collections::HashSet<TemplateName>>,
 }
 
 impl Hecatoncheir {
@@ -220,6 +236,7 @@ impl Hecatoncheir {
             launching: Mutex::default(),
             exec_seq: Default::default(),
             started_at: Utc::now(),
+            warming: Mutex::default(),
         })
     }
 
@@ -442,8 +459,12 @@ impl Hecatoncheir {
             resources: spec.resources,
         };
         let dir = self.dir(id);
+        let (image, launched_from) = self.snapshot_for(&template).await;
         let started = async {
-            let main = self.runtime.create(&launch, &dir).await?;
+            let main = match &image {
+                Some(image) => self.runtime.restore(&launch, &dir, image).await?,
+                None => self.runtime.create(&launch, &dir).await?,
+            };
             self.runtime.start(&dir, &main, &self.cfg.shim_exe).await
         }
         .await;
@@ -469,6 +490,7 @@ impl Hecatoncheir {
                 if r.state == SandboxState::Starting {
                     r.state = SandboxState::Running;
                     r.started_at = Some(Utc::now());
+                    r.launched_from = Some(launched_from.clone());
                 }
             })
             .await?
@@ -485,6 +507,166 @@ impl Hecatoncheir {
         info!(pid = shim.pid(), "sandbox running");
         tokio::spawn(self.clone().supervise(rec, shim, kill_rx, activity));
         Ok(())
+    }
+
+    /// The local checkpoint to restore a sandbox of `template` from, and how the launch will be
+    /// described in its record. A stale snapshot is never used: it is rebuilt in the background.
+    async fn snapshot_for(self: &Arc<Self>, template: &TemplateRecord) -> (Option<PathBuf>, String) {
+        let Some(nyx) = &self.cfg.nyx else { return (None, "cold".into()) };
+        match template.usable_snapshot(&self.runtime.describe()) {
+            Ok(None) => (None, "cold".into()),
+            Ok(Some(snap)) => match nyx.image(snap).await {
+                Ok(image) => (Some(image), format!("snapshot {}", snap.id)),
+                Err(e) => {
+                    warn!(template = %template.name, snapshot = %snap.id, error = %error_chain(&e), "snapshot unavailable; booting cold");
+                    (None, format!("cold (snapshot {} unavailable: {})", snap.id, error_chain(&e)))
+                }
+            },
+            Err(why) => {
+                let command = template.snapshot.as_ref().and_then(|s| s.warm_command.clone());
+                let this = self.clone();
+                let name = template.name.clone();
+                if self.warming.lock().expect("lock").insert(name.clone()) {
+                    info!(template = %name, reason = %why, "snapshot is stale; rebuilding it");
+                    tokio::spawn(async move {
+                        if let Err(e) = this.warm(&name, command).await {
+                            warn!(template = %name, error = %error_chain(&e), "rebuilding a stale snapshot failed");
+                        }
+                        this.warming.lock().expect("lock").remove(&name);
+                    });
+                }
+                (None, format!("cold ({why}; refused, being rebuilt)"))
+            }
+        }
+    }
+
+    /// Nyx.Prepare: warms a sandbox of template `name` — starts it as a session, runs `command` in
+    /// it to its end (processes it leaves in the background stay), pauses it and checkpoints it —
+    /// then stores the checkpoint as the template's snapshot, replacing any earlier one.
+    #[instrument(skip(self))]
+    pub async fn warm(&self, name: &TemplateName, command: Option<Vec<String>>) -> Result<SnapshotInfo, AgentError> {
+        let nyx = self.cfg.nyx.as_ref().ok_or(AgentError::NoSnapshots)?;
+        let started = std::time::Instant::now();
+        let template =
+            self.state.templates.template(name).await?.ok_or_else(|| AgentError::NoTemplate(name.clone()))?;
+        let spec = tartarus_core::SoulRequest { template: name.to_string(), ..Default::default() }
+            .validate("nyx")
+            .map_err(|e| AgentError::Warm(e.to_string()))?;
+        let settings = Settings::of(&spec, &template).map_err(AgentError::Warm)?;
+        let id = SandboxId::generate();
+        let dir = self.dir(&id);
+        let launch = LaunchSpec {
+            id: id.clone(),
+            rootfs: template.rootfs.clone(),
+            command: None,
+            env: settings.env(&BTreeMap::new()),
+            workdir: settings.workdir.clone(),
+            user: settings.user,
+            resources: spec.resources,
+        };
+        let snap_id = format!("snap-{}", &id.to_string()[3..]);
+        let result = async {
+            let main = self.runtime.create(&launch, &dir).await?;
+            let mut shim = self.runtime.start(&dir, &main, &self.cfg.shim_exe).await?;
+            self.until_running(&id, &mut shim).await;
+            if let Some(argv) = &command {
+                self.warm_up(&id, &settings, argv, &dir).await?;
+            }
+            self.runtime.pause(&id).await?;
+            self.runtime.checkpoint(&id, &nyx.image_dir(&snap_id)).await?;
+            Ok::<_, AgentError>(())
+        }
+        .await;
+        let _ = self.runtime.destroy(&id).await;
+        let _ = crate::lethe::forget(&dir).await;
+        if let Err(e) = result {
+            nyx.forget(&snap_id).await;
+            return Err(e);
+        }
+        let stored = match nyx.store(&snap_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                nyx.forget(&snap_id).await;
+                return Err(AgentError::Warm(format!("storing the snapshot: {}", error_chain(&e))));
+            }
+        };
+        nyx.complete(&snap_id).map_err(|e| AgentError::Warm(error_chain(&e)))?;
+        let snap = SnapshotInfo {
+            id: snap_id,
+            template_content: template.content_id(),
+            runtime: self.runtime.name().into(),
+            runtime_version: self.runtime.describe(),
+            artifact: stored.artifact.to_string(),
+            size_bytes: stored.size_bytes,
+            compressed_bytes: stored.compressed_bytes,
+            warm_command: command,
+            created_at: Utc::now(),
+            took_ms: started.elapsed().as_millis() as u64,
+        };
+        // Recorded only if the template still has the content that was warmed.
+        let mut current =
+            self.state.templates.template(name).await?.ok_or_else(|| AgentError::NoTemplate(name.clone()))?;
+        if current.content_id() != snap.template_content {
+            nyx.forget(&snap.id).await;
+            return Err(AgentError::Warm(format!("template {name} changed while it was being warmed; warm it again")));
+        }
+        let previous = current.snapshot.replace(snap.clone());
+        self.state.templates.put_template(&current).await?;
+        if let Some(p) = previous {
+            nyx.forget(&p.id).await;
+        }
+        info!(template = %name, snapshot = %snap.id, bytes = snap.size_bytes, compressed = snap.compressed_bytes, took_ms = snap.took_ms, "snapshot made");
+        Ok(snap)
+    }
+
+    /// Runs a warm-up command in a sandbox being warmed; it must exit with 0.
+    async fn warm_up(
+        &self,
+        id: &SandboxId,
+        settings: &Settings,
+        argv: &[String],
+        dir: &SandboxDir,
+    ) -> Result<(), AgentError> {
+        let spec = ExecSpec {
+            env: settings.env(&BTreeMap::new()),
+            workdir: settings.workdir.clone(),
+            user: settings.user,
+            command: argv.to_vec(),
+            scratch: dir.root().join("warm-up"),
+        };
+        let mut child = self.runtime.exec(id, &spec).await?;
+        // Processes left in the background keep the pipes open: read stderr aside, and after
+        // the command exits take only what arrives shortly.
+        let mut stderr = child.stderr.take().expect("piped");
+        let mut stdout = child.stdout.take().expect("piped");
+        let sink = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
+        });
+        let said = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut buf).await;
+            buf
+        });
+        let status = match tokio::time::timeout(WARM_UP_LIMIT, child.wait()).await {
+            Err(_) => {
+                let _ = self.runtime.kill_exec(id, &spec).await;
+                said.abort();
+                return Err(AgentError::Warm(format!("the warm-up command ran longer than {WARM_UP_LIMIT:?}")));
+            }
+            Ok(Err(e)) => return Err(AgentError::Warm(format!("the warm-up command: {e}"))),
+            Ok(Ok(status)) => status,
+        };
+        sink.abort();
+        if status.success() {
+            said.abort();
+            return Ok(());
+        }
+        let said = match tokio::time::timeout(EXEC_DRAIN, said).await {
+            Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
+            _ => String::new(),
+        };
+        let tail: String = said.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect();
+        Err(AgentError::Warm(format!("the warm-up command exited with {status}: {}", tail.trim())))
     }
 
     /// The benchmark stand-in for a launch (see [`AgentConfig::simulate_launch`]): records the

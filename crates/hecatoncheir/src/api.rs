@@ -156,7 +156,8 @@ pub fn router(agent: Arc<Hecatoncheir>, secret: String) -> Router {
         .route("/sandboxes/{id}/exec", post(exec))
         .route("/sandboxes/{id}/logs", get(logs))
         .route("/sandboxes/{id}/pause", post(pause))
-        .route("/sandboxes/{id}/resume", post(resume));
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/templates/{name}/warm", post(warm));
     Router::new()
         .nest("/agent/v1", v1)
         .fallback(|| async { AgentApiError::NotFound("no such route in the agent API".into()) })
@@ -251,6 +252,25 @@ async fn launch(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<s
     let agent = ctx.agent.clone();
     to_completion(async move { agent.launch(&id).await }).await?;
     Ok(Json(serde_json::json!({})))
+}
+
+/// The body of `POST /templates/{name}/warm`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct WarmBody {
+    /// The warm-up command, run to its end before the checkpoint.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+}
+
+async fn warm(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Json(body): Json<WarmBody>,
+) -> Result<Json<tartarus_core::SnapshotInfo>, AgentApiError> {
+    let name =
+        tartarus_core::TemplateName::parse(&name).map_err(|e| AgentApiError::from(AgentError::Warm(e.to_string())))?;
+    let agent = ctx.agent.clone();
+    Ok(Json(to_completion(async move { agent.warm(&name, body.command).await }).await?))
 }
 
 /// The body of `POST /sandboxes/{id}/kill`.
@@ -354,6 +374,7 @@ mod tests {
             slots: 4,
             labels: Default::default(),
             address: None,
+            nyx: None,
             simulate_launch: None,
         };
         let agent = Hecatoncheir::new(cfg, Arc::new(Refusing), Stores::embedded(store), Events::default());

@@ -10,6 +10,7 @@
 //! - [`lethe`] — each sandbox's directory: bundle, writable layer, logs; wiped when it ends.
 //! - [`erinyes`] — enforcement: cgroup limits and accounting (Tisiphone), deadlines (Alecto).
 //! - [`hermes`] — reading and following a sandbox's logs.
+//! - [`nyx`] — template snapshots: the stored artifact of a warmed sandbox, restored from.
 //! - [`rootfs`] — looking things up inside a template's root filesystem without escaping it.
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod api;
 pub mod erinyes;
 pub mod hermes;
 pub mod lethe;
+pub mod nyx;
 pub mod rootfs;
 pub mod runtime;
 pub mod shim;

@@ -63,6 +63,9 @@ pub enum ApiError {
     /// A quota refused the request.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// Warming a template failed (its warm-up command, or the checkpoint).
+    #[error("{0}")]
+    WarmFailed(String),
     /// The node holding the sandbox cannot be reached.
     #[error("{0}")]
     NodeUnreachable(String),
@@ -88,6 +91,7 @@ impl ApiError {
             Self::UnknownTemplate(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_template"),
             Self::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
             Self::TemplateNotFound(_) => (StatusCode::NOT_FOUND, "template_not_found"),
+            Self::WarmFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "warm_failed"),
             Self::ImageRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image_rejected"),
             Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "registry_error"),
             Self::NodeUnreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "node_unreachable"),

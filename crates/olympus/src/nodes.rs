@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tartarus_core::{ExecRequest, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord};
+use tartarus_core::{
+    ExecRequest, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SnapshotInfo, TemplateName,
+};
 use tartarus_hecatoncheir::{AgentError, ExecStream, Hecatoncheir};
 use tokio::sync::mpsc;
 
@@ -68,6 +70,8 @@ pub trait Node: Send + Sync {
     async fn resume(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError>;
     /// The sandboxes it runs now (for reconciliation).
     async fn held(&self) -> Result<Vec<SandboxId>, NodeError>;
+    /// Nyx.Prepare: warms a sandbox of `template`, checkpoints it and records the snapshot.
+    async fn warm(&self, template: &TemplateName, command: Option<Vec<String>>) -> Result<SnapshotInfo, NodeError>;
 }
 
 #[async_trait]
@@ -77,6 +81,9 @@ impl Node for Arc<Hecatoncheir> {
     }
     async fn launch(&self, id: &SandboxId) -> Result<(), NodeError> {
         Ok(Hecatoncheir::launch(self, id).await?)
+    }
+    async fn warm(&self, template: &TemplateName, command: Option<Vec<String>>) -> Result<SnapshotInfo, NodeError> {
+        Ok(Hecatoncheir::warm(self, template, command).await?)
     }
     async fn kill(&self, id: &SandboxId, reason: KillReason) -> Result<bool, NodeError> {
         Ok(Hecatoncheir::kill(self, id, reason))

@@ -252,6 +252,16 @@ impl Node for RemoteNode {
         Ok(())
     }
 
+    async fn warm(
+        &self,
+        template: &tartarus_core::TemplateName,
+        command: Option<Vec<String>>,
+    ) -> Result<tartarus_core::SnapshotInfo, NodeError> {
+        let req =
+            self.post(&format!("/templates/{template}/warm")).json(&tartarus_hecatoncheir::api::WarmBody { command });
+        self.call(req, LAUNCH_TIMEOUT).await
+    }
+
     async fn kill(&self, id: &SandboxId, reason: KillReason) -> Result<bool, NodeError> {
         let req = self.post(&format!("/sandboxes/{id}/kill")).json(&KillBody { reason });
         let killed: Killed = self.call(req, CALL_TIMEOUT).await?;
@@ -348,6 +358,7 @@ mod tests {
             slots: 4,
             labels: Default::default(),
             address: None,
+            nyx: None,
             simulate_launch: None,
         };
         let agent = Hecatoncheir::new(cfg, Arc::new(Refusing), State::embedded(store), Events::default());

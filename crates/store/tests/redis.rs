@@ -346,6 +346,7 @@ async fn templates_are_stored_listed_and_removed() {
         created_at: Utc::now(),
         image: None,
         ext4: None,
+        snapshot: None,
     };
     s.put_template(&tpl("python", 1)).await.unwrap();
     s.put_template(&tpl("busybox", 2)).await.unwrap();

@@ -62,6 +62,10 @@ pub struct Args {
     /// Most sandboxes at once.
     #[arg(long, default_value_t = 256)]
     pub slots: u32,
+    /// Where Nyx's snapshot artifacts are (a directory or s3://bucket/prefix; default
+    /// <data-dir>/erebus/store): give every agent and Olympus the same store in a fleet.
+    #[arg(long)]
+    pub store: Option<String>,
     /// How often to heartbeat to Hades.
     #[arg(long, value_parser = args::duration, default_value = "2s")]
     pub heartbeat: tartarus_core::HumanDuration,
@@ -113,6 +117,10 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             slots: args.slots,
             labels: args.labels.iter().cloned().collect(),
             address: Some(address.clone()),
+            nyx: Some(tartarus_hecatoncheir::nyx::Nyx::new(
+                data.join("nyx"),
+                daemon::blobs(args.store.as_deref(), data)?,
+            )),
             simulate_launch: simulate,
         },
         Arc::new(runtime),

@@ -14,6 +14,7 @@ pub mod ps;
 pub mod reconcile;
 pub mod run;
 pub mod shim;
+pub mod snapshot;
 pub mod template;
 pub mod up;
 

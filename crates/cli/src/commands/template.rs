@@ -19,7 +19,8 @@ use crate::output::{self, Format};
   tartarus template import /var/lib/tartarus-templates/busybox --name busybox
   tartarus template ls
   tartarus template inspect python
-  tartarus template rm python && tartarus template prune")]
+  tartarus template rm python && tartarus template prune
+  tartarus template warm python-ds --command python3 -c 'import pandas'")]
 pub enum Command {
     /// Build a template from an OCI image (registry, oci: layout, docker-archive:) or a recipe.
     Build(BuildArgs),
@@ -33,6 +34,30 @@ pub enum Command {
     Import(ImportArgs),
     /// List templates.
     Ls(LsArgs),
+    /// Warm a template (Nyx): run a sandbox of it, checkpoint it, and restore later sandboxes
+    /// from that snapshot instead of booting them.
+    Warm(WarmArgs),
+}
+
+/// Arguments of `template warm`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  tartarus template warm busybox
+  tartarus template warm python-ds --command python3 -c 'import pandas, numpy'
+  tartarus template warm app --command sh -c 'app --preload & sleep 1'
+
+Nyx starts a session sandbox of the template, runs the warm-up command in it to its end
+(processes it leaves running in the background are kept), pauses the sandbox and checkpoints
+it. The checkpoint is stored, compressed, in the realm's blob store; later sandboxes of the
+template are restored from it (their record says `launched_from: snapshot …`), each with a
+writable layer of its own. Warming again replaces the snapshot; `tartarus snapshot rm` drops it.")]
+pub struct WarmArgs {
+    /// The template.
+    #[arg(value_name = "NAME", value_parser = template_name)]
+    pub name: TemplateName,
+    /// The warm-up command and its arguments (everything after --command).
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "ARGV")]
+    pub command: Option<Vec<String>>,
 }
 
 /// Arguments of `template import`.
@@ -46,6 +71,10 @@ pub struct ImportArgs {
     /// The template's name (a-z 0-9 . _ -), as given to `run --template`.
     #[arg(long, value_name = "NAME", value_parser = template_name)]
     pub name: TemplateName,
+    /// Replace the template of that name (refused while live sandboxes use it); its snapshot,
+    /// if any, becomes stale and is rebuilt at the next launch.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// Arguments of `template build`.
@@ -143,7 +172,26 @@ pub async fn execute(c: Command, g: &Global) -> anyhow::Result<i32> {
         }
         Command::Import(a) => import(a, g).await,
         Command::Ls(a) => ls(a, g).await,
+        Command::Warm(a) => warm(a, g).await,
     }
+}
+
+async fn warm(a: WarmArgs, g: &Global) -> anyhow::Result<i32> {
+    let client = Client::new(g)?;
+    eprintln!("warming template {} (start, warm-up, pause, checkpoint)…", a.name);
+    let s = client
+        .warm_template(a.name.as_str(), a.command.as_deref())
+        .await
+        .with_context(|| format!("cannot warm template {}", a.name))?;
+    println!(
+        "snapshot {} of template {}: {} checkpoint, {} stored, made in {:.1} s",
+        s.id,
+        a.name,
+        output::bytes(s.size_bytes),
+        output::bytes(s.compressed_bytes),
+        s.took_ms as f64 / 1000.0
+    );
+    Ok(0)
 }
 
 async fn import(a: ImportArgs, g: &Global) -> anyhow::Result<i32> {
@@ -152,7 +200,7 @@ async fn import(a: ImportArgs, g: &Global) -> anyhow::Result<i32> {
     let dir = std::fs::canonicalize(&a.dir).with_context(|| format!("cannot resolve {}", a.dir.display()))?;
     let client = Client::new(g)?;
     let t = client
-        .import_template(a.name.as_str(), &dir)
+        .import_template_as(a.name.as_str(), &dir, a.replace)
         .await
         .with_context(|| format!("cannot import {} as template {}", dir.display(), a.name))?;
     println!("imported template {} ({}, from {})", t.name, output::bytes(t.size_bytes), t.source);
@@ -289,11 +337,16 @@ fn render(templates: &[TemplateRecord], now: chrono::DateTime<Utc>) -> String {
                 output::bytes(t.size_bytes),
                 digest,
                 output::ago(t.created_at, now),
+                match &t.snapshot {
+                    None => "-".to_owned(),
+                    Some(s) if s.template_content != t.content_id() => format!("{} (stale)", s.id),
+                    Some(s) => s.id.clone(),
+                },
                 t.source.clone(),
             ]
         })
         .collect();
-    output::table(&["NAME", "SIZE", "DIGEST", "CREATED", "SOURCE"], &rows)
+    output::table(&["NAME", "SIZE", "DIGEST", "CREATED", "SNAPSHOT", "SOURCE"], &rows)
 }
 
 #[cfg(test)]
@@ -324,7 +377,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             render(&[t], now),
-            "NAME     SIZE     DIGEST  CREATED  SOURCE\nbusybox  1.9 MiB  -       1h ago   /srv/busybox\n"
+            "NAME     SIZE     DIGEST  CREATED  SNAPSHOT  SOURCE\nbusybox  1.9 MiB  -       1h ago   -         /srv/busybox\n"
         );
     }
 }

@@ -60,6 +60,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     let runtime = args.runtime.gvisor(data)?;
     let describe = tartarus_hecatoncheir::runtime::Runtime::describe(&runtime);
     let (vcpus, memory_mib) = (daemon::host_vcpus(), daemon::host_memory_mib());
+    let blobs = daemon::blobs(args.store.as_deref(), data)?;
     let agent = Hecatoncheir::new(
         AgentConfig {
             node_name: args.node_name.clone().unwrap_or_else(|| daemon::host_name("node-1")),
@@ -70,6 +71,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             slots: args.max_live.try_into().unwrap_or(u32::MAX),
             labels: Default::default(),
             address: None,
+            nyx: Some(tartarus_hecatoncheir::nyx::Nyx::new(data.join("nyx"), blobs.clone())),
             simulate_launch: None,
         },
         Arc::new(runtime),
@@ -94,7 +96,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             admin_token: token,
             data_dir: data.clone(),
             max_live_per_tenant: args.max_live,
-            blobs: daemon::blobs(args.store.as_deref(), data)?,
+            blobs,
             policy: Policy {
                 max_memory_mib: args.max_memory.unwrap_or(memory_mib),
                 max_vcpus: vcpus.max(1) * 4,

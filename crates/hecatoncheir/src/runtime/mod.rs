@@ -146,7 +146,10 @@ pub trait Runtime: Send + Sync {
     /// Saves the state of `id` to `image_dir` (the sandbox keeps running unless the runtime says otherwise).
     async fn checkpoint(&self, id: &SandboxId, image_dir: &Path) -> Result<(), RuntimeError>;
 
-    /// Prepares a sandbox that resumes from `image_dir` instead of starting fresh; start it with [`Runtime::start`].
+    /// Resumes a sandbox from the checkpoint in `image_dir` (taken of a session) instead of
+    /// booting it, and returns the command that runs its main process to the end — the
+    /// request's command run inside the restored sandbox, or for a session, its keeper. Start
+    /// that with [`Runtime::start`] as after [`Runtime::create`]. `image_dir` is only read.
     async fn restore(&self, spec: &LaunchSpec, dir: &SandboxDir, image_dir: &Path)
         -> Result<MainCommand, RuntimeError>;
 

@@ -118,7 +118,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
     paths(
         sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::kill, sandboxes::exec, sandboxes::logs,
         sandboxes::pause, sandboxes::resume, templates::list, templates::import, templates::build, templates::inspect,
-        templates::remove, templates::prune, realm::nodes, realm::drain, realm::undrain, realm::failures,
+        templates::remove, templates::prune, templates::warm, templates::snapshots, templates::remove_snapshot, realm::nodes, realm::drain, realm::undrain, realm::failures,
         realm::reconcile, realm::healthz, realm::metrics, agents::hello
     ),
     components(schemas(
@@ -127,7 +127,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
         tartarus_core::Resources, tartarus_core::NetworkContract, tartarus_core::HeatLevel, tartarus_core::ExecRequest,
         tartarus_core::ExitInfo, tartarus_core::TemplateRecord, tartarus_core::NodeInfo, crate::error::ErrorBody,
         sandboxes::SandboxList, sandboxes::ExecResult, templates::TemplateList, templates::ImportRequest, templates::BuildRequest, templates::PruneResult,
-        tartarus_core::ImageInfo, tartarus_core::ImageDefaults, realm::NodeList, realm::NodeView, realm::FailureList,
+        tartarus_core::ImageInfo, tartarus_core::ImageDefaults, tartarus_core::SnapshotInfo, templates::WarmRequest,
+        templates::SnapshotEntry, templates::SnapshotList, realm::NodeList, realm::NodeView, realm::FailureList,
         tartarus_core::Failure, tartarus_core::Capacity, tartarus_core::NodeState, crate::reconcile::ReconcileReport, agents::Hello
     )),
     modifiers(&BearerAuth)
@@ -162,6 +163,9 @@ pub fn router(ctx: Ctx, cerberus: Cerberus) -> Router {
         .route("/templates/build", post(templates::build))
         .route("/templates/prune", post(templates::prune))
         .route("/templates/{name}", get(templates::inspect).delete(templates::remove))
+        .route("/templates/{name}/warm", post(templates::warm))
+        .route("/templates/{name}/snapshot", axum::routing::delete(templates::remove_snapshot))
+        .route("/snapshots", get(templates::snapshots))
         .route("/nodes", get(realm::nodes))
         .route("/nodes/{name}/drain", post(realm::drain))
         .route("/nodes/{name}/undrain", post(realm::undrain))

@@ -28,6 +28,10 @@ pub struct ImportRequest {
     pub name: String,
     /// An absolute path, on the realm's host, of a root filesystem directory.
     pub path: String,
+    /// Replace the template of that name if it exists (refused while live sandboxes use it).
+    /// Its Nyx snapshot is kept on the record, now stale: the next launch rebuilds it.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// Every template.
@@ -52,17 +56,47 @@ pub async fn import(
         return Err(ApiError::InvalidRequest(format!("path: {:?} is not a directory on the realm's host", req.path)));
     }
     let _importing = ctx.imports.lock().await;
-    if ctx.state.templates.template(&name).await?.is_some() {
-        return Err(ApiError::Conflict(format!("template {name} exists already")));
+    let old = ctx.state.templates.template(&name).await?;
+    match &old {
+        Some(_) if !req.replace => {
+            return Err(ApiError::Conflict(format!(
+                "template {name} exists already; replace it with --replace (\"replace\": true)"
+            )))
+        }
+        Some(_) => {
+            let users = live_users(&ctx, &name).await?;
+            if users > 0 {
+                return Err(ApiError::Conflict(format!(
+                    "{users} live sandboxes use template {name}; kill them before replacing it"
+                )));
+            }
+        }
+        None => {}
     }
     let dest = ctx.templates_dir.join(name.as_str());
+    // The files of the template being replaced step aside until the new ones are in place.
+    let aside = dest.with_file_name(format!(".replaced-{:016x}", rand_u64()));
     if dest.exists() {
-        // Left by an import that died half-way (it was never registered): start afresh.
-        tokio::fs::remove_dir_all(&dest)
-            .await
-            .map_err(|e| ApiError::Internal(format!("clearing {}: {e}", dest.display())))?;
+        if old.is_some() {
+            tokio::fs::rename(&dest, &aside)
+                .await
+                .map_err(|e| ApiError::Internal(format!("moving {} aside: {e}", dest.display())))?;
+        } else {
+            // Left by an import that died half-way (it was never registered): start afresh.
+            tokio::fs::remove_dir_all(&dest)
+                .await
+                .map_err(|e| ApiError::Internal(format!("clearing {}: {e}", dest.display())))?;
+        }
     }
-    let size = copy_tree(&src, &dest).await?;
+    let size = match copy_tree(&src, &dest).await {
+        Ok(size) => size,
+        Err(e) => {
+            if aside.exists() {
+                let _ = tokio::fs::rename(&aside, &dest).await;
+            }
+            return Err(e);
+        }
+    };
     let rec = TemplateRecord {
         name,
         rootfs: dest.join("rootfs"),
@@ -71,10 +105,28 @@ pub async fn import(
         created_at: Utc::now(),
         image: None,
         ext4: None,
+        snapshot: old.and_then(|o| o.snapshot),
     };
     ctx.state.templates.put_template(&rec).await?;
+    if aside.exists() {
+        let _ = tokio::fs::remove_dir_all(&aside).await;
+    }
     tracing::info!(template = %rec.name, bytes = size, "template imported");
     Ok((StatusCode::CREATED, Json(rec)))
+}
+
+/// How many live sandboxes use template `name`.
+async fn live_users(ctx: &Ctx, name: &TemplateName) -> Result<usize, ApiError> {
+    let live = tartarus_store::SandboxFilter {
+        states: vec![
+            tartarus_core::SandboxState::Queued,
+            tartarus_core::SandboxState::Starting,
+            tartarus_core::SandboxState::Running,
+            tartarus_core::SandboxState::Paused,
+        ],
+        ..Default::default()
+    };
+    Ok(ctx.state.sandboxes.list(&live).await?.into_iter().filter(|r| &r.spec.template == name).count())
 }
 
 /// Copies `src` to `<dest>/rootfs` via a temporary directory, so a failed copy leaves nothing.
@@ -296,6 +348,7 @@ async fn run_build(
             created_at: Utc::now(),
             image: Some(built.image),
             ext4: built.ext4,
+            snapshot: None,
         };
         ctx.state.templates.put_template(&rec).await?;
         tracing::info!(template = %rec.name, source = %rec.source, bytes = rec.size_bytes, "template built");
@@ -369,16 +422,7 @@ pub async fn remove(
         .template(&name)
         .await?
         .ok_or_else(|| ApiError::TemplateNotFound(format!("no template {name}")))?;
-    let live = tartarus_store::SandboxFilter {
-        states: vec![
-            tartarus_core::SandboxState::Queued,
-            tartarus_core::SandboxState::Starting,
-            tartarus_core::SandboxState::Running,
-            tartarus_core::SandboxState::Paused,
-        ],
-        ..Default::default()
-    };
-    let users = ctx.state.sandboxes.list(&live).await?.into_iter().filter(|r| r.spec.template == name).count();
+    let users = live_users(&ctx, &name).await?;
     if users > 0 {
         return Err(ApiError::Conflict(format!("{users} live sandboxes use template {name}; kill them first")));
     }
@@ -412,6 +456,9 @@ pub async fn prune(State(ctx): State<Ctx>) -> Result<Json<PruneResult>, ApiError
     let mut used = std::collections::HashSet::new();
     let mut images = std::collections::HashSet::new();
     for t in ctx.state.templates.templates().await? {
+        if let Some(snap) = &t.snapshot {
+            used.insert(snap.artifact.clone());
+        }
         if let Some(i) = t.image {
             used.extend(i.layers);
             used.insert(i.config_digest);
@@ -450,4 +497,99 @@ pub async fn prune(State(ctx): State<Ctx>) -> Result<Json<PruneResult>, ApiError
         result.blobs_removed += 1;
     }
     Ok(Json(result))
+}
+
+/// What to warm a template with.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WarmRequest {
+    /// A warm-up command run in the sandbox to its end before the checkpoint (e.g. a Python that
+    /// imports pandas); processes it leaves in the background are part of the snapshot.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+}
+
+/// Nyx.Prepare: start a sandbox of the template, run the warm-up command, pause and checkpoint
+/// it; later sandboxes of the template are restored from the snapshot instead of booting.
+#[utoipa::path(post, path = "/v1/templates/{name}/warm", request_body = WarmRequest,
+    params(("name" = String, Path, description = "Template name")),
+    responses((status = 201, body = tartarus_core::SnapshotInfo), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn warm(
+    State(ctx): State<Ctx>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Body(req): Body<WarmRequest>,
+) -> Result<(StatusCode, Json<tartarus_core::SnapshotInfo>), ApiError> {
+    let name = TemplateName::parse(&name).map_err(|_| ApiError::TemplateNotFound(format!("no template {name:?}")))?;
+    if let Some(argv) = &req.command {
+        tartarus_core::soul::validate_command("command", argv).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    }
+    let _guard = ctx.imports.lock().await;
+    if ctx.state.templates.template(&name).await?.is_none() {
+        return Err(ApiError::TemplateNotFound(format!("no template {name}")));
+    }
+    let now = Utc::now();
+    let nodes = ctx.moirai.nodes().await?;
+    let node = nodes
+        .iter()
+        .filter(|n| n.state(now, ctx.moirai.cfg.dead_after) == tartarus_core::NodeState::Alive)
+        .find_map(|n| ctx.moirai.nodes.get(n))
+        .ok_or_else(|| ApiError::NodeUnreachable("no node is alive and reachable to warm the template on".into()))?;
+    let snap = node.warm(&name, req.command).await.map_err(|e| match e {
+        crate::nodes::NodeError::Failed(m) => ApiError::WarmFailed(m),
+        e => e.into(),
+    })?;
+    Ok((StatusCode::CREATED, Json(snap)))
+}
+
+/// A template's snapshot, and whether it can be used.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotEntry {
+    /// The template.
+    #[schema(value_type = String)]
+    pub template: TemplateName,
+    /// The snapshot.
+    pub snapshot: tartarus_core::SnapshotInfo,
+    /// Why it would be refused (made of older template content), if it would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
+}
+
+/// Every snapshot.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotList {
+    /// By template name.
+    pub snapshots: Vec<SnapshotEntry>,
+}
+
+/// The snapshots of all templates.
+#[utoipa::path(get, path = "/v1/snapshots", responses((status = 200, body = SnapshotList)))]
+pub async fn snapshots(State(ctx): State<Ctx>) -> Result<Json<SnapshotList>, ApiError> {
+    let mut out = Vec::new();
+    for t in ctx.state.templates.templates().await? {
+        let Some(snap) = t.snapshot.clone() else { continue };
+        let stale = t.usable_snapshot(&snap.runtime_version).err();
+        out.push(SnapshotEntry { template: t.name, snapshot: snap, stale });
+    }
+    Ok(Json(SnapshotList { snapshots: out }))
+}
+
+/// Drop a template's snapshot (its artifact is freed by `prune`); sandboxes boot cold again.
+#[utoipa::path(delete, path = "/v1/templates/{name}/snapshot", params(("name" = String, Path, description = "Template name")),
+    responses((status = 200, body = tartarus_core::SnapshotInfo), (status = 404, body = ErrorBody)))]
+pub async fn remove_snapshot(
+    State(ctx): State<Ctx>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<tartarus_core::SnapshotInfo>, ApiError> {
+    let name = TemplateName::parse(&name).map_err(|_| ApiError::TemplateNotFound(format!("no template {name:?}")))?;
+    let _guard = ctx.imports.lock().await;
+    let mut rec = ctx
+        .state
+        .templates
+        .template(&name)
+        .await?
+        .ok_or_else(|| ApiError::TemplateNotFound(format!("no template {name}")))?;
+    let snap = rec.snapshot.take().ok_or_else(|| ApiError::NotFound(format!("template {name} has no snapshot")))?;
+    ctx.state.templates.put_template(&rec).await?;
+    Ok(Json(snap))
 }

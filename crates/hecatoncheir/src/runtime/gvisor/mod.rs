@@ -347,9 +347,12 @@ impl Runtime for Gvisor {
     async fn checkpoint(&self, id: &SandboxId, image_dir: &Path) -> Result<(), RuntimeError> {
         std::fs::create_dir_all(image_dir)
             .map_err(|source| RuntimeError::Prepare { path: image_dir.to_owned(), source })?;
+        // Uncompressed: Nyx packs the image with zstd, which is both smaller and faster to
+        // restore from than runsc's own flate.
         let args = [
             "checkpoint".into(),
             "--leave-running".into(),
+            "--compression=none".into(),
             format!("--image-path={}", image_dir.display()),
             id.to_string(),
         ];
@@ -362,16 +365,55 @@ impl Runtime for Gvisor {
         dir: &SandboxDir,
         image_dir: &Path,
     ) -> Result<MainCommand, RuntimeError> {
-        self.prepare(spec, dir)?;
-        let mut argv = vec![self.runsc.path.display().to_string()];
-        argv.extend(self.sandbox_args(dir));
-        argv.extend([
+        // Checkpoints are taken of sessions (their init is the keeper): the bundle restored must
+        // be a session's too, and the request's command runs in it as an exec.
+        let session = LaunchSpec { command: None, ..spec.clone() };
+        self.prepare(&session, dir)?;
+        let mut args = self.sandbox_args(dir);
+        args.drain(..2); // --root comes from base_args
+        args.extend([
             "restore".into(),
+            "-detach".into(),
             format!("--image-path={}", image_dir.display()),
             "--bundle".into(),
             dir.bundle().display().to_string(),
             spec.id.to_string(),
         ]);
+        // The restored sandbox's processes are detached but inherit runsc's stdout and stderr:
+        // pipes would never close, so runsc writes to a file, read back if it refuses.
+        let said = dir.root().join("restore.log");
+        let file =
+            std::fs::File::create(&said).map_err(|source| RuntimeError::Prepare { path: said.clone(), source })?;
+        let status = self
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .status()
+            .await
+            .map_err(|source| RuntimeError::Spawn { program: self.runsc.path.display().to_string(), source })?;
+        if !status.success() {
+            let message = std::fs::read_to_string(&said).unwrap_or_default();
+            let tail: Vec<&str> = message.lines().rev().take(5).collect();
+            let message = tail.into_iter().rev().collect::<Vec<_>>().join(" / ");
+            return Err(RuntimeError::Refused { operation: "runsc restore".into(), message });
+        }
+        let argv = spec
+            .command
+            .clone()
+            .unwrap_or_else(|| vec![bundle::SESSION_INIT.into(), "sleep".into(), "2147483647".into()]);
+        let process = bundle::exec_process(&ExecSpec {
+            command: argv,
+            env: spec.env.clone(),
+            workdir: spec.workdir.clone(),
+            user: spec.user,
+            scratch: dir.root().join("main"),
+        });
+        let file = dir.root().join("main.process.json");
+        crate::lethe::write_atomic(&file, process.as_bytes())
+            .map_err(|source| RuntimeError::Prepare { path: file.clone(), source })?;
+        let mut argv = vec![self.runsc.path.display().to_string()];
+        argv.extend(self.base_args());
+        argv.extend(["exec".into(), format!("--process={}", file.display()), spec.id.to_string()]);
         Ok(MainCommand { argv })
     }
 
