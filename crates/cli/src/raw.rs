@@ -39,6 +39,22 @@ pub fn write_bundle(dir: &Path, rootfs: &Path, command: &[&str], cgroup: &str) -
     std::fs::write(dir.join("config.json"), config)
 }
 
+/// Writes `dir/config.json` for a session (kept up by the host's busybox, as the realm's are):
+/// the bundle a Nyx snapshot is restored with.
+pub fn write_session_bundle(dir: &Path, rootfs: &Path, cgroup: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let spec = LaunchSpec {
+        id: SandboxId::generate(),
+        rootfs: rootfs.to_owned(),
+        command: None,
+        env: env_list([&BTreeMap::new()]),
+        workdir: "/".into(),
+        user: (0, 0),
+        resources: Resources::default(),
+    };
+    std::fs::write(dir.join("config.json"), bundle::config(&spec, Path::new("/bin/busybox"), cgroup))
+}
+
 /// One `runsc run`, as asked.
 #[derive(Debug, Clone)]
 pub struct RawRun<'a> {

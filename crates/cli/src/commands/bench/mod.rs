@@ -54,6 +54,18 @@ pub enum Command {
   sudo tartarus bench start --template busybox -n 50
   sudo tartarus bench start --template busybox -n 20 --platform ptrace -o table
 
+  sudo tartarus bench start --template busybox --from cold --from snapshot -n 30
+  sudo tartarus bench start --template python-ds --from cold --from snapshot -n 10 \\
+      --warm-command python3 -c 'import pandas' -- python3 -c 'import pandas; print(1)'
+
+Each round runs, in turn: one sandbox through the realm per --from path (POST /v1/sandboxes?
+wait=true, create to exit), raw `runsc run` of the same command and bundle, and with --from
+snapshot raw `runsc restore -detach` of the same snapshot plus `runsc exec` of the command (to
+its exit; teardown untimed, as the realm records the exit before it releases the sandbox).
+Snapshot rounds use a copy of the template (imported from its rootfs, warmed, removed at the
+end), so the template itself is never changed; cold rounds use a copy too when the template has
+a snapshot. A copy keeps the rootfs, not an image's defaults (entrypoint, env, user).
+
 Progress goes to stderr, the result to stdout. Exit code 1 when any measured run failed.")]
 pub struct StartArgs {
     /// Template to run `echo hi` in (its rootfs must be on this machine).
@@ -70,9 +82,38 @@ pub struct StartArgs {
     /// The runsc of the raw runs (default: the one the runtime finds).
     #[arg(long, value_name = "PATH")]
     pub runsc: Option<PathBuf>,
+    /// Launch paths to time through the realm (repeatable): cold (boot) or snapshot (restored
+    /// by Nyx from a warmed copy of the template).
+    #[arg(long = "from", value_enum, default_values_t = [From::Cold])]
+    pub from: Vec<From>,
+    /// For --from snapshot: the warm-up command run before the checkpoint (e.g. python3 -c
+    /// 'import pandas'); everything up to `--`.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "ARGV")]
+    pub warm_command: Option<Vec<String>>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Json)]
     pub output: Format,
+    /// The command timed (default: echo hi).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// A launch path of `bench start`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// The sandbox boots (`runsc run`).
+    Cold,
+    /// The sandbox is restored from the template's Nyx snapshot.
+    Snapshot,
+}
+
+impl From {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Cold => "tartarus-cold",
+            Self::Snapshot => "tartarus-snapshot",
+        }
+    }
 }
 
 /// Arguments of `bench pull`.
@@ -143,8 +184,12 @@ struct Summary {
 #[derive(Debug, Serialize)]
 struct Report {
     results: Vec<Summary>,
+    /// The first realm path's p50 over runsc-run's.
     ratio_p50: Option<f64>,
     overhead_p50_ms: Option<f64>,
+    /// tartarus-cold p50 over tartarus-snapshot p50 (how many times faster the snapshot is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cold_over_snapshot_p50: Option<f64>,
 }
 
 /// What the raw runs share.
@@ -153,6 +198,11 @@ struct RawSetup {
     platform: Platform,
     rootfs: PathBuf,
     tmp: tempfile::TempDir,
+    command: Vec<String>,
+    /// What the command must print (`None`: anything, as long as it exits 0).
+    expect: Option<String>,
+    /// The local checkpoint of the snapshot, for raw restores.
+    image: Option<PathBuf>,
 }
 
 impl RawSetup {
@@ -162,7 +212,8 @@ impl RawSetup {
         let bundle = self.tmp.path().join("bundles").join(&id);
         let upper = self.tmp.path().join("upper").join(&id);
         let cgroup = format!("{CGROUP_PARENT}/{id}");
-        raw::write_bundle(&bundle, &self.rootfs, &["echo", "hi"], &cgroup)
+        let argv: Vec<&str> = self.command.iter().map(String::as_str).collect();
+        raw::write_bundle(&bundle, &self.rootfs, &argv, &cgroup)
             .map_err(|e| format!("cannot write the bundle {}: {e}", bundle.display()))?;
         std::fs::create_dir_all(&upper).map_err(|e| format!("cannot make {}: {e}", upper.display()))?;
         let overlay = tartarus_hecatoncheir::runtime::gvisor::overlay_flag(&self.info, &upper);
@@ -182,9 +233,79 @@ impl RawSetup {
         raw::remove_cgroup(&cgroup);
         match outcome.failure {
             Some(f) => Err(f),
-            None if outcome.stdout.trim() != "hi" => Err(format!("printed {:?} instead of \"hi\"", outcome.stdout)),
+            None if self.expect.as_ref().is_some_and(|e| outcome.stdout.trim() != e) => {
+                Err(format!("printed {:?} instead of {:?}", outcome.stdout, self.expect))
+            }
             None => Ok(outcome.elapsed),
         }
+    }
+
+    /// One raw `runsc restore -detach` of the snapshot and `runsc exec` of the command to its
+    /// exit; the sandbox is deleted afterwards, untimed.
+    async fn restore_once(&self, label: &str) -> Result<Duration, String> {
+        let image = self.image.as_ref().ok_or("no snapshot to restore")?;
+        let id = format!("tartarus-bench-{}-r{label}", std::process::id());
+        let bundle = self.tmp.path().join("bundles").join(&id);
+        let upper = self.tmp.path().join("upper").join(&id);
+        let cgroup = format!("{CGROUP_PARENT}/{id}");
+        raw::write_session_bundle(&bundle, &self.rootfs, &cgroup)
+            .map_err(|e| format!("cannot write the bundle {}: {e}", bundle.display()))?;
+        std::fs::create_dir_all(&upper).map_err(|e| format!("cannot make {}: {e}", upper.display()))?;
+        let state = self.tmp.path().join("state");
+        let overlay = tartarus_hecatoncheir::runtime::gvisor::overlay_flag(&self.info, &upper);
+        let mut restore = tartarus_hecatoncheir::runtime::gvisor::sandbox_flags(&state, self.platform, Some(overlay));
+        restore.extend([
+            "restore".into(),
+            "-detach".into(),
+            format!("--image-path={}", image.display()),
+            "--bundle".into(),
+            bundle.display().to_string(),
+            id.clone(),
+        ]);
+        let root = ["--root".to_owned(), state.display().to_string()];
+        let started = Instant::now();
+        let restored = tokio::process::Command::new(&self.info.path)
+            .args(&restore)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+        let result = match restored {
+            Ok(s) if s.success() => {
+                let out = tokio::process::Command::new(&self.info.path)
+                    .args(&root)
+                    .arg("exec")
+                    .arg(&id)
+                    .args(&self.command)
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .await;
+                let elapsed = started.elapsed();
+                match out {
+                    Ok(o) if !o.status.success() => Err(format!("runsc exec {}", o.status)),
+                    Ok(o) if self.expect.as_ref().is_some_and(|e| String::from_utf8_lossy(&o.stdout).trim() != e) => {
+                        Err(format!("printed {:?} instead of {:?}", String::from_utf8_lossy(&o.stdout), self.expect))
+                    }
+                    Ok(_) => Ok(elapsed),
+                    Err(e) => Err(format!("cannot run runsc exec: {e}")),
+                }
+            }
+            Ok(s) => Err(format!("runsc restore {s}")),
+            Err(e) => Err(format!("cannot run runsc restore: {e}")),
+        };
+        let _ = tokio::process::Command::new(&self.info.path)
+            .args(&root)
+            .args(["delete", "--force", &id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+        let _ = std::fs::remove_dir_all(&bundle);
+        let _ = std::fs::remove_dir_all(&upper);
+        raw::remove_cgroup(&cgroup);
+        result
     }
 }
 
@@ -222,59 +343,122 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
     };
     let tmp =
         tempfile::Builder::new().prefix("tartarus-bench-").tempdir().context("cannot make a temporary directory")?;
-    let setup = RawSetup { info, platform, rootfs: template.rootfs.clone(), tmp };
-    let soul = SoulRequest {
-        template: a.template.clone(),
-        command: Some(vec!["echo".into(), "hi".into()]),
+    let command: Vec<String> = if a.command.is_empty() { vec!["echo".into(), "hi".into()] } else { a.command.clone() };
+    let expect = a.command.is_empty().then(|| "hi".to_owned());
+    let mut from = a.from.clone();
+    from.dedup();
+    // The templates each path runs: copies where the path needs one (removed at the end).
+    let mut copies: Vec<String> = Vec::new();
+    let mut paths: Vec<(From, String)> = Vec::new();
+    let mut image = None;
+    let result = async {
+        for f in &from {
+            let name = match f {
+                From::Cold if template.snapshot.is_none() => template.name.to_string(),
+                From::Cold | From::Snapshot => {
+                    let kind = if *f == From::Cold { "cold" } else { "snap" };
+                    let name = format!("bench-{kind}-{}", std::process::id());
+                    eprintln!("bench: copying template {} as {name}", template.name);
+                    client.import_template(&name, &template.rootfs).await.context("cannot copy the template")?;
+                    copies.push(name.clone());
+                    name
+                }
+            };
+            if *f == From::Snapshot {
+                eprintln!("bench: warming {name}");
+                let snap = client
+                    .warm_template(&name, a.warm_command.as_deref())
+                    .await
+                    .context("cannot warm the bench's copy of the template")?;
+                let dir = g.data_dir.join("nyx").join(&snap.id).join("image");
+                anyhow::ensure!(
+                    dir.is_dir(),
+                    "the snapshot's checkpoint is not at {}: run bench on the realm's host with its --data-dir",
+                    dir.display()
+                );
+                image = Some(dir);
+            }
+            paths.push((*f, name));
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        remove_copies(&client, &copies).await;
+        return Err(e);
+    }
+    let setup =
+        RawSetup { info, platform, rootfs: template.rootfs.clone(), tmp, command: command.clone(), expect, image };
+    let soul_of = |t: &str| SoulRequest {
+        template: t.to_owned(),
+        command: Some(command.clone()),
         max_duration: Some(HumanDuration(RUN_LIMIT)),
         ..SoulRequest::default()
     };
     eprintln!(
-        "bench: `echo hi` in template {}: realm at {} vs runsc {} ({}), platform {}, {} runs each after {WARM_UP} warm-up rounds",
+        "bench: {command:?} in template {}: realm at {} ({}) vs runsc {} ({}), platform {}, {} runs each after {WARM_UP} warm-up rounds",
         template.name,
         client.base(),
+        paths.iter().map(|(f, _)| f.label()).collect::<Vec<_>>().join(", "),
         setup.info.version,
         setup.info.path.display(),
         platform.as_str(),
         a.n
     );
-
-    for w in 1..=WARM_UP {
-        if let Err(e) = tartarus_once(&client, &soul).await {
-            eprintln!("bench: warm-up {w}: tartarus failed: {e}");
-        }
-        if let Err(e) = setup.once(&format!("w{w}")).await {
-            eprintln!("bench: warm-up {w}: runsc-run failed: {e}");
-        }
+    let restores = from.contains(&From::Snapshot);
+    // Samples per contender: the realm's paths, then runsc-run, then runsc-restore.
+    let mut samples: Vec<(&'static str, Vec<f64>, u32)> =
+        paths.iter().map(|(f, _)| (f.label(), Vec::new(), 0)).collect();
+    samples.push(("runsc-run", Vec::new(), 0));
+    if restores {
+        samples.push(("runsc-restore", Vec::new(), 0));
     }
-
-    let (mut t_ms, mut r_ms) = (Vec::new(), Vec::new());
-    let (mut t_fail, mut r_fail) = (0u32, 0u32);
-    for i in 1..=a.n {
-        let t = tartarus_once(&client, &soul).await;
-        let r = setup.once(&i.to_string()).await;
-        let show = |res: &Result<Duration, String>| match res {
-            Ok(d) => format!("{:.1} ms", ms(*d)),
-            Err(e) => format!("FAILED ({e})"),
-        };
-        eprintln!("bench: {i}/{}: tartarus {}, runsc-run {}", a.n, show(&t), show(&r));
-        match t {
-            Ok(d) => t_ms.push(ms(d)),
-            Err(_) => t_fail += 1,
+    for round in 0..WARM_UP + a.n {
+        let measured = round >= WARM_UP;
+        let mut line = Vec::new();
+        let mut results = Vec::new();
+        for (_, t) in &paths {
+            results.push(tartarus_once(&client, &soul_of(t)).await);
         }
-        match r {
-            Ok(d) => r_ms.push(ms(d)),
-            Err(_) => r_fail += 1,
+        results.push(setup.once(&round.to_string()).await);
+        if restores {
+            results.push(setup.restore_once(&round.to_string()).await);
         }
+        for (k, res) in results.into_iter().enumerate() {
+            let (name, ms_list, fails) = &mut samples[k];
+            line.push(match &res {
+                Ok(d) => format!("{name} {:.1} ms", ms(*d)),
+                Err(e) => format!("{name} FAILED ({e})"),
+            });
+            if measured {
+                match res {
+                    Ok(d) => ms_list.push(ms(d)),
+                    Err(_) => *fails += 1,
+                }
+            }
+        }
+        let tag = if measured { format!("{}/{}", round + 1 - WARM_UP, a.n) } else { format!("warm-up {}", round + 1) };
+        eprintln!("bench: {tag}: {}", line.join(", "));
     }
     raw::remove_cgroup(CGROUP_PARENT);
-
-    let report = report(summarize("tartarus", a.n, t_ms, t_fail), summarize("runsc-run", a.n, r_ms, r_fail));
+    remove_copies(&client, &copies).await;
+    let failures: u32 = samples.iter().map(|(_, _, f)| f).sum();
+    let results: Vec<Summary> = samples.into_iter().map(|(name, v, f)| summarize(name, a.n, v, f)).collect();
+    let report = report(results);
     match a.output {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
         Format::Table => print!("{}", render(&report)),
     }
-    Ok(if t_fail + r_fail > 0 { 1 } else { 0 })
+    Ok(if failures > 0 { 1 } else { 0 })
+}
+
+/// Removes the bench's template copies (their snapshots' artifacts go with `template prune`).
+async fn remove_copies(client: &Client, names: &[String]) {
+    for n in names {
+        if let Err(e) = client.remove_template(n).await {
+            eprintln!("bench: could not remove the bench template {n}: {e:#}");
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -302,13 +486,19 @@ fn summarize(name: &'static str, n: u32, mut samples: Vec<f64>, failures: u32) -
     Summary { name, n, p50_ms: p(50.0), p95_ms: p(95.0), p99_ms: p(99.0), mean_ms: mean.map(round3), failures }
 }
 
-fn report(tartarus: Summary, runsc: Summary) -> Report {
-    let (ratio, overhead) = match (tartarus.p50_ms, runsc.p50_ms) {
+fn report(results: Vec<Summary>) -> Report {
+    let p50 = |name: &str| results.iter().find(|s| s.name == name).and_then(|s| s.p50_ms);
+    let first = results.first().and_then(|s| s.p50_ms);
+    let (ratio, overhead) = match (first, p50("runsc-run")) {
         (Some(t), Some(r)) if r > 0.0 => (Some(round3(t / r)), Some(round3(t - r))),
         (Some(t), Some(r)) => (None, Some(round3(t - r))),
         _ => (None, None),
     };
-    Report { results: vec![tartarus, runsc], ratio_p50: ratio, overhead_p50_ms: overhead }
+    let snapshot_vs_cold = match (p50("tartarus-snapshot"), p50("tartarus-cold")) {
+        (Some(s), Some(c)) if s > 0.0 => Some(round3(c / s)),
+        _ => None,
+    };
+    Report { results, ratio_p50: ratio, overhead_p50_ms: overhead, cold_over_snapshot_p50: snapshot_vs_cold }
 }
 
 fn render(r: &Report) -> String {
@@ -681,15 +871,16 @@ mod tests {
 
     #[test]
     fn summaries_and_report_shape() {
-        let t = summarize("tartarus", 4, vec![40.0, 10.0, 30.0, 20.0], 0);
+        let t = summarize("tartarus-cold", 4, vec![40.0, 10.0, 30.0, 20.0], 0);
         assert_eq!((t.p50_ms, t.p99_ms, t.mean_ms), (Some(20.0), Some(40.0), Some(25.0)));
         let r = summarize("runsc-run", 4, vec![8.0, 8.0, 8.0], 1);
-        let json = serde_json::to_string(&report(t, r)).unwrap();
+        let s = summarize("tartarus-snapshot", 4, vec![5.0, 5.0, 4.0, 6.0], 0);
+        let json = serde_json::to_string(&report(vec![t, s, r])).unwrap();
         assert_eq!(
             json,
-            r#"{"results":[{"name":"tartarus","n":4,"p50_ms":20.0,"p95_ms":40.0,"p99_ms":40.0,"mean_ms":25.0,"failures":0},{"name":"runsc-run","n":4,"p50_ms":8.0,"p95_ms":8.0,"p99_ms":8.0,"mean_ms":8.0,"failures":1}],"ratio_p50":2.5,"overhead_p50_ms":12.0}"#
+            r#"{"results":[{"name":"tartarus-cold","n":4,"p50_ms":20.0,"p95_ms":40.0,"p99_ms":40.0,"mean_ms":25.0,"failures":0},{"name":"tartarus-snapshot","n":4,"p50_ms":5.0,"p95_ms":6.0,"p99_ms":6.0,"mean_ms":5.0,"failures":0},{"name":"runsc-run","n":4,"p50_ms":8.0,"p95_ms":8.0,"p99_ms":8.0,"mean_ms":8.0,"failures":1}],"ratio_p50":2.5,"overhead_p50_ms":12.0,"cold_over_snapshot_p50":4.0}"#
         );
-        let empty = report(summarize("tartarus", 1, vec![], 1), summarize("runsc-run", 1, vec![1.0], 0));
+        let empty = report(vec![summarize("tartarus-cold", 1, vec![], 1), summarize("runsc-run", 1, vec![1.0], 0)]);
         assert_eq!((empty.ratio_p50, empty.overhead_p50_ms), (None, None));
     }
 
