@@ -53,10 +53,9 @@ pub enum Command {
 #[command(after_help = "Examples:
   sudo tartarus bench start --template busybox -n 50
   sudo tartarus bench start --template busybox -n 20 --platform ptrace -o table
-
   sudo tartarus bench start --template busybox --from cold --from snapshot -n 30
   sudo tartarus bench start --template python-ds --from cold --from snapshot -n 10 \\
-      --warm-command python3 -c 'import pandas' -- python3 -c 'import pandas; print(1)'
+      --warm-command \"python3 -c 'import pandas'\" -- python3 -c 'import pandas; print(1)'
 
 Each round runs, in turn: one sandbox through the realm per --from path (POST /v1/sandboxes?
 wait=true, create to exit), raw `runsc run` of the same command and bundle, and with --from
@@ -86,10 +85,10 @@ pub struct StartArgs {
     /// by Nyx from a warmed copy of the template).
     #[arg(long = "from", value_enum, default_values_t = [From::Cold])]
     pub from: Vec<From>,
-    /// For --from snapshot: the warm-up command run before the checkpoint (e.g. python3 -c
-    /// 'import pandas'); everything up to `--`.
-    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "ARGV")]
-    pub warm_command: Option<Vec<String>>,
+    /// For --from snapshot: the warm-up run before the checkpoint, a shell command line run
+    /// with `sh -c` (e.g. "python3 -c 'import pandas'").
+    #[arg(long, value_name = "SCRIPT")]
+    pub warm_command: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Json)]
     pub output: Format,
@@ -347,6 +346,7 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
     let expect = a.command.is_empty().then(|| "hi".to_owned());
     let mut from = a.from.clone();
     from.dedup();
+    let warm: Option<Vec<String>> = a.warm_command.as_ref().map(|w| vec!["sh".into(), "-c".into(), w.clone()]);
     // The templates each path runs: copies where the path needs one (removed at the end).
     let mut copies: Vec<String> = Vec::new();
     let mut paths: Vec<(From, String)> = Vec::new();
@@ -367,7 +367,7 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
             if *f == From::Snapshot {
                 eprintln!("bench: warming {name}");
                 let snap = client
-                    .warm_template(&name, a.warm_command.as_deref())
+                    .warm_template(&name, warm.as_deref())
                     .await
                     .context("cannot warm the bench's copy of the template")?;
                 let dir = g.data_dir.join("nyx").join(&snap.id).join("image");
