@@ -268,7 +268,12 @@ impl Client {
 
     /// `DELETE /v1/sandboxes/{id}`: kills it; returns the final record once it has ended.
     pub async fn delete(&self, id: &SandboxId) -> anyhow::Result<SandboxRecord> {
-        self.json(self.request(Method::DELETE, &format!("/v1/sandboxes/{id}")), "sandbox record").await
+        self.delete_with(id, &[]).await
+    }
+
+    /// `DELETE /v1/sandboxes/{id}?grace=…&signal=…`: Thanatos's gentle path.
+    pub async fn delete_with(&self, id: &SandboxId, query: &[(&str, String)]) -> anyhow::Result<SandboxRecord> {
+        self.json(self.request(Method::DELETE, &format!("/v1/sandboxes/{id}")).query(query), "sandbox record").await
     }
 
     /// `GET /v1/sandboxes/{id}/logs`: the main process's output (until it ends, with `follow`).

@@ -26,7 +26,10 @@ pub use failure::Failure;
 pub use id::{InvalidId, SandboxId};
 pub use node::{Capacity, NodeInfo, NodeState};
 pub use output::{ExecRequest, ExitInfo, OutputEvent, Stream};
-pub use sandbox::{KillReason, SandboxRecord, SandboxState, SandboxStats};
+pub use sandbox::{
+    parse_signal, signal_name, KillOrder, KillReason, PhaseAt, SandboxEvent, SandboxRecord, SandboxState, SandboxStats,
+    Termination, TerminationPhase, TerminationReason,
+};
 pub use soul::{
     HeatLevel, HumanDuration, NetworkContract, ResourceClass, Resources, SandboxSpec, SoulRequest, SpecError,
 };

@@ -110,6 +110,144 @@ impl KillReason {
     }
 }
 
+/// What Thanatos is asked to do to a running sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillOrder {
+    /// Why (recorded as the kill reason).
+    pub reason: KillReason,
+    /// The signal sent first to the main process (9, SIGKILL, ends it at once).
+    #[serde(default = "sigkill")]
+    pub signal: i32,
+    /// How long it may take to end after the signal before it is SIGKILLed, milliseconds.
+    #[serde(default)]
+    pub grace_ms: u64,
+}
+
+fn sigkill() -> i32 {
+    9
+}
+
+impl From<KillReason> for KillOrder {
+    fn from(reason: KillReason) -> Self {
+        Self { reason, signal: 9, grace_ms: 0 }
+    }
+}
+
+/// The name of a signal Thanatos sends (`SIGTERM`), or its number.
+pub fn signal_name(signal: i32) -> String {
+    match signal {
+        1 => "SIGHUP".into(),
+        2 => "SIGINT".into(),
+        3 => "SIGQUIT".into(),
+        9 => "SIGKILL".into(),
+        10 => "SIGUSR1".into(),
+        12 => "SIGUSR2".into(),
+        15 => "SIGTERM".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+/// Parses `SIGTERM`, `TERM`, `term` or `15` into a signal Thanatos may send.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    let upper = s.trim().to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let n = match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        other => other.parse().ok()?,
+    };
+    [1, 2, 3, 9, 10, 12, 15].contains(&n).then_some(n)
+}
+
+/// Why a sandbox ended, as Thanatos records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationReason {
+    /// Its main process exited by itself.
+    Completed,
+    /// It ran past `max_duration` (or, a session, past its idle timeout).
+    Timeout,
+    /// Someone asked (`DELETE`, `tartarus kill`).
+    UserRequest,
+    /// It went over its memory or disk limit (Tisiphone).
+    ResourceLimit,
+    /// A policy ended it.
+    PolicyViolation,
+    /// Its node is being drained.
+    NodeDrain,
+    /// Its node is shutting down.
+    SystemShutdown,
+}
+
+impl TerminationReason {
+    /// The reason of a kill.
+    pub fn of(k: KillReason) -> Self {
+        match k {
+            KillReason::Timeout | KillReason::Idle => Self::Timeout,
+            KillReason::OutOfMemory | KillReason::DiskLimit => Self::ResourceLimit,
+            KillReason::Requested => Self::UserRequest,
+        }
+    }
+}
+
+/// A step of a termination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationPhase {
+    /// A termination was asked for (pre-mortem hooks ran).
+    Initiated,
+    /// The signal was sent to the main process.
+    Signaled,
+    /// Waiting, at most the grace period, for the sandbox to end by itself.
+    Draining,
+    /// Ending what is left (SIGKILL if still alive) and releasing its resources.
+    Terminating,
+    /// Over: recorded and released (post-mortem hooks run next).
+    Completed,
+}
+
+/// One phase and when it began.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PhaseAt {
+    /// The phase.
+    pub phase: TerminationPhase,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// How a sandbox died (Thanatos).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Termination {
+    /// Why.
+    pub reason: TerminationReason,
+    /// The signal sent first (`SIGTERM`, `SIGKILL`, …), if any was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// The grace period given after the signal, milliseconds.
+    #[serde(default)]
+    pub grace_ms: u64,
+    /// Whether it ended without being SIGKILLed (always for `completed`).
+    pub graceful: bool,
+    /// The phases it went through, in order.
+    pub phases: Vec<PhaseAt>,
+}
+
+/// Something noticed about a running sandbox (a memory warning from Tisiphone, say).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxEvent {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What kind (`memory_warning`).
+    pub kind: String,
+    /// For people.
+    pub message: String,
+}
+
 /// Resource use measured by the node (Hermes).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 pub struct SandboxStats {
@@ -171,6 +309,12 @@ pub struct SandboxRecord {
     /// `cold (…)` says why a snapshot was not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launched_from: Option<String>,
+    /// How it died (Thanatos), once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination: Option<Termination>,
+    /// What was noticed while it ran (Tisiphone's memory warnings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<SandboxEvent>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -196,6 +340,8 @@ impl SandboxRecord {
             attempts: 0,
             pending_reason: None,
             launched_from: None,
+            termination: None,
+            events: Vec::new(),
         }
     }
 

@@ -163,6 +163,10 @@ pub struct SoulRequest {
     /// offering it are considered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// Thanatos's post-mortem callback: an `http://` or `https://` URL POSTed the final record
+    /// (JSON) once the sandbox has ended and its resources are released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// A validated soul: every field within limits. Built only by [`SoulRequest::validate`].
@@ -197,6 +201,9 @@ pub struct SandboxSpec {
     /// The isolation runtime.
     #[serde(default = "default_runtime")]
     pub runtime: String,
+    /// Where Thanatos POSTs the final record (see [`SoulRequest::callback_url`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// The runtimes a request may name.
@@ -395,8 +402,22 @@ impl SoulRequest {
             heat: self.heat.unwrap_or_default(),
             node_selector: self.node_selector,
             runtime,
+            callback_url: match self.callback_url {
+                None => None,
+                Some(u) => Some(validate_callback("callback_url", &u)?),
+            },
         })
     }
+}
+
+/// Checks a callback URL: `http://` or `https://`, a host, at most 2048 bytes, no whitespace.
+pub fn validate_callback(field: &str, url: &str) -> Result<String, SpecError> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
+    if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) || host.is_none_or(str::is_empty) {
+        return Err(bad(field, format!("{url:?} is not an http:// or https:// URL with a host")));
+    }
+    Ok(url.to_owned())
 }
 
 #[cfg(test)]

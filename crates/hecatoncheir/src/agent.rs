@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tartarus_core::{
-    Capacity, ExecRequest, ExitInfo, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SandboxSpec,
-    SandboxState, SandboxStats, SnapshotInfo, Stream, TemplateName, TemplateRecord,
+    signal_name, Capacity, ExecRequest, ExitInfo, KillOrder, KillReason, NodeInfo, OutputEvent, PhaseAt, SandboxEvent,
+    SandboxId, SandboxRecord, SandboxSpec, SandboxState, SandboxStats, SnapshotInfo, Stream, TemplateName,
+    TemplateRecord, Termination, TerminationPhase, TerminationReason,
 };
 use tartarus_store::{Events, SandboxFilter, State, StoreError};
 use tokio::io::AsyncReadExt;
@@ -28,6 +29,7 @@ use crate::lethe::SandboxDir;
 use crate::rootfs;
 use crate::runtime::{env_list, ExecSpec, LaunchSpec, Runtime, RuntimeError, RuntimeStatus};
 use crate::shim::{is_shim_of, ShimExit, ShimHandle};
+use crate::thanatos::{Dying, MortemHook};
 use std::collections::BTreeMap;
 
 /// After an exec's process has exited, how long its output may still drain (background children
@@ -39,6 +41,9 @@ const READY_WAIT: Duration = Duration::from_secs(10);
 
 /// The ids used when a sandbox's own user cannot be known.
 const NOBODY: (u32, u32) = (65534, 65534);
+
+/// Tisiphone warns once a sandbox's memory reaches this share of its limit, percent.
+const MEMORY_WARNING_PERCENT: u64 = 85;
 
 /// Longest a warm-up command may run.
 const WARM_UP_LIMIT: Duration = Duration::from_secs(600);
@@ -120,7 +125,7 @@ pub struct AdoptReport {
 }
 
 struct Live {
-    kill: mpsc::UnboundedSender<KillReason>,
+    kill: mpsc::UnboundedSender<KillOrder>,
     activity: Activity,
     settings: Arc<Settings>,
     takes: Capacity,
@@ -222,6 +227,8 @@ pub struct Hecatoncheir {
     started_at: DateTime<Utc>,
     /// Templates whose snapshot is being rebuilt.
     warming: Mutex<std::collections::HashSet<TemplateName>>,
+    /// Thanatos's pre- and post-mortem hooks.
+    hooks: Mutex<Vec<Arc<dyn MortemHook>>>,
 }
 
 impl Hecatoncheir {
@@ -237,6 +244,7 @@ impl Hecatoncheir {
             exec_seq: Default::default(),
             started_at: Utc::now(),
             warming: Mutex::default(),
+            hooks: Mutex::default(),
         })
     }
 
@@ -692,7 +700,7 @@ impl Hecatoncheir {
         tokio::spawn(async move {
             let reason = tokio::select! {
                 _ = tokio::time::sleep(lasts) => None,
-                r = kill_rx.recv() => r,
+                r = kill_rx.recv() => r.map(|o: KillOrder| o.reason),
             };
             let _ = this
                 .record(&id, move |r| {
@@ -730,7 +738,7 @@ impl Hecatoncheir {
         self: Arc<Self>,
         rec: SandboxRecord,
         mut shim: ShimHandle,
-        mut kill_rx: mpsc::UnboundedReceiver<KillReason>,
+        mut kill_rx: mpsc::UnboundedReceiver<KillOrder>,
         activity: Activity,
     ) {
         let id = rec.id.clone();
@@ -739,12 +747,15 @@ impl Hecatoncheir {
         let deadline = Instant::now() + rec.spec.max_duration().saturating_sub(elapsed);
         let idle = rec.spec.idle_timeout();
         let mut reason: Option<KillReason> = None;
+        let mut dying = Dying::default();
         // Once a reason is set: when the kill began, and when to strike again.
         let mut killing_since: Option<Instant> = None;
         let mut strike_at: Option<Instant> = None;
         let mut idle_tick = tokio::time::interval(Duration::from_millis(500));
         let mut disk_tick = tokio::time::interval(DISK_CHECK);
         let disk_limit = rec.spec.resources.disk_mib * 1024 * 1024;
+        let memory_limit = crate::erinyes::memory_limit_bytes(&rec.spec.resources);
+        let mut memory_warned = false;
         let dir = self.dir(&id);
         loop {
             tokio::select! {
@@ -757,22 +768,61 @@ impl Hecatoncheir {
                         continue;
                     }
                 }
-                Some(r) = kill_rx.recv(), if reason.is_none() => reason = Some(r),
+                Some(order) = kill_rx.recv(), if reason.is_none() => {
+                    reason = Some(order.reason);
+                    if order.signal != libc::SIGKILL && order.grace_ms > 0 {
+                        // Thanatos's gentle path: the signal, then a grace period to end by itself.
+                        self.initiate(&id, &mut dying, order).await;
+                        if let Ok(Some(RuntimeStatus::Paused)) = self.runtime.status(&id).await {
+                            let _ = self.runtime.resume(&id).await;
+                        }
+                        if let Err(e) = self.runtime.kill(&id, order.signal, false).await {
+                            warn!(sandbox = %id, error = %error_chain(&e), "sending the termination signal failed");
+                        }
+                        dying.phase(TerminationPhase::Signaled);
+                        dying.phase(TerminationPhase::Draining);
+                        info!(sandbox = %id, signal = %signal_name(order.signal), grace_ms = order.grace_ms, "draining sandbox");
+                        strike_at = Some(Instant::now() + Duration::from_millis(order.grace_ms));
+                        continue;
+                    }
+                    self.initiate(&id, &mut dying, order).await;
+                }
                 _ = disk_tick.tick(), if reason.is_none() => {
                     // The writable layer and the logs both land on the node's disk.
                     let logs = [dir.stdout(), dir.stderr()].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum::<u64>();
                     match self.runtime.stats(&id, &dir).await {
                         Ok(s) if s.disk_bytes + logs > disk_limit => reason = Some(KillReason::DiskLimit),
+                        Ok(s) => {
+                            // Tisiphone's warning: the sandbox nears its memory limit.
+                            if !memory_warned && s.memory_bytes * 100 >= memory_limit * MEMORY_WARNING_PERCENT {
+                                memory_warned = true;
+                                self.memory_warning(&id, s.memory_bytes, memory_limit).await;
+                            }
+                            continue;
+                        }
                         _ => continue,
                     }
                 }
                 _ = tokio::time::sleep_until(strike_at.unwrap_or(deadline)), if strike_at.is_some() => {}
+            }
+            if dying.phases.is_empty() {
+                // Ended by Tartarus's own enforcement (deadline, idle, disk): SIGKILL at once.
+                let order = KillOrder::from(reason.unwrap_or(KillReason::Requested));
+                self.initiate(&id, &mut dying, order).await;
             }
             // A reason is set (or a strike is due): SIGKILL, again until the shim reports the end.
             let since = *killing_since.get_or_insert_with(|| {
                 info!(sandbox = %id, reason = ?reason, "killing sandbox");
                 Instant::now()
             });
+            if !dying.killed {
+                dying.killed = true;
+                dying.phase(if dying.signal == Some(libc::SIGKILL) {
+                    TerminationPhase::Signaled
+                } else {
+                    TerminationPhase::Terminating
+                });
+            }
             if since.elapsed() >= self.runtime.kill_grace() {
                 warn!(sandbox = %id, "did not die after SIGKILL; destroying");
                 let _ = self.runtime.kill(&id, libc::SIGKILL, true).await;
@@ -795,12 +845,55 @@ impl Hecatoncheir {
             };
             strike_at = Some(Instant::now() + retry);
         }
-        self.finish(&id, reason).await;
+        self.finish_dying(&id, reason, dying).await;
+    }
+
+    /// Thanatos's first phase: records the order and runs the pre-mortem hooks.
+    async fn initiate(&self, id: &SandboxId, dying: &mut Dying, order: KillOrder) {
+        dying.signal = Some(order.signal);
+        dying.grace_ms = order.grace_ms;
+        dying.phase(TerminationPhase::Initiated);
+        let hooks: Vec<Arc<dyn MortemHook>> = self.hooks.lock().expect("lock").clone();
+        for h in hooks {
+            h.before(id, TerminationReason::of(order.reason)).await;
+        }
+    }
+
+    /// Tisiphone: records that a sandbox nears its memory limit, in its record and in Cocytus.
+    async fn memory_warning(&self, id: &SandboxId, used: u64, limit: u64) {
+        let message = format!(
+            "memory at {} MiB of its {} MiB limit ({}%)",
+            used / (1024 * 1024),
+            limit / (1024 * 1024),
+            used * 100 / limit.max(1)
+        );
+        warn!(sandbox = %id, %message, "Tisiphone: memory warning");
+        let event = SandboxEvent { at: Utc::now(), kind: "memory_warning".into(), message: message.clone() };
+        let rec = self.record(id, move |r| r.events.push(event.clone())).await;
+        if let Ok(Some(r)) = rec {
+            let failure = tartarus_core::Failure {
+                sandbox: id.clone(),
+                tenant: r.spec.tenant.clone(),
+                node: Some(self.name().to_owned()),
+                kind: "memory_warning".into(),
+                reason: message,
+                at: Utc::now(),
+            };
+            if let Err(e) = self.state.cocytus.report(&failure).await {
+                warn!(error = %e, "Cocytus report failed");
+            }
+        }
+    }
+
+    /// Records the end of sandbox `id` (see [`Hecatoncheir::finish_dying`]) when nothing was killing it.
+    async fn finish(&self, id: &SandboxId, reason: Option<KillReason>) {
+        self.finish_dying(id, reason, Dying::default()).await;
     }
 
     /// Records the end of sandbox `id` from its shim's exit status and its accounting, then
-    /// releases what it held (Thanatos) and wipes its writable layer (Lethe).
-    async fn finish(&self, id: &SandboxId, reason: Option<KillReason>) {
+    /// releases what it held (Thanatos) and wipes its writable layer (Lethe), then runs the
+    /// post-mortem hooks and the request's callback.
+    async fn finish_dying(&self, id: &SandboxId, reason: Option<KillReason>, mut dying: Dying) {
         let dir = self.dir(id);
         let exit = ShimExit::read(&dir.exit_file());
         // The accounting is read before anything is released; the record is written before
@@ -809,11 +902,28 @@ impl Hecatoncheir {
             warn!(sandbox = %id, error = %error_chain(&e), "reading the sandbox's accounting failed");
             SandboxStats::default()
         });
+        if !dying.killed || dying.phases.last().map(|p| p.phase) != Some(TerminationPhase::Terminating) {
+            dying.phase(TerminationPhase::Terminating);
+        }
+        let why = match (reason, stats.oom_kills > 0) {
+            (Some(k), _) => TerminationReason::of(k),
+            (None, true) => TerminationReason::ResourceLimit,
+            (None, false) => TerminationReason::Completed,
+        };
+        let mut termination = Termination {
+            reason: why,
+            signal: dying.signal.map(signal_name),
+            grace_ms: dying.grace_ms,
+            graceful: !dying.killed && stats.oom_kills == 0,
+            phases: dying.phases.clone(),
+        };
+        termination.phases.push(PhaseAt { phase: TerminationPhase::Completed, at: Utc::now() });
         let outcome = self
             .record(id, move |r| {
                 r.ended_at = Some(Utc::now());
                 r.stats = Some(stats);
                 r.exit_code = exit.map(|e| e.code_or_signal());
+                r.termination = Some(termination.clone());
                 match (reason, stats.oom_kills > 0, exit) {
                     (Some(reason), _, _) => {
                         r.state = SandboxState::Killed;
@@ -831,7 +941,7 @@ impl Hecatoncheir {
                 }
             })
             .await;
-        match outcome {
+        match &outcome {
             Ok(Some(r)) => info!(sandbox = %id, outcome = %r.outcome(), "sandbox ended"),
             Ok(None) => warn!(sandbox = %id, "ended sandbox has no record"),
             Err(e) => warn!(sandbox = %id, error = %e, "could not record the end of a sandbox"),
@@ -843,6 +953,20 @@ impl Hecatoncheir {
             warn!(sandbox = %id, error = %e, "wiping the writable layer failed");
         }
         self.live.lock().expect("lock").remove(id);
+        if let Ok(Some(rec)) = outcome {
+            let hooks: Vec<Arc<dyn MortemHook>> = self.hooks.lock().expect("lock").clone();
+            for h in hooks {
+                h.after(&rec).await;
+            }
+            if let Some(url) = rec.spec.callback_url.clone() {
+                tokio::spawn(crate::thanatos::call_back(url, rec));
+            }
+        }
+    }
+
+    /// Adds a hook run before (pre-mortem) and after (post-mortem) every termination here.
+    pub fn add_hook(&self, hook: Arc<dyn MortemHook>) {
+        self.hooks.lock().expect("lock").push(hook);
     }
 
     /// Finds the sandboxes this node was running before a restart: watches the living again,
@@ -960,10 +1084,11 @@ impl Hecatoncheir {
         self.state.sandboxes.get(id).await?.ok_or_else(|| AgentError::NotFound(id.clone()))
     }
 
-    /// Asks the supervisor of `id` to kill it for `reason`. `false` when it is not running here.
-    pub fn kill(&self, id: &SandboxId, reason: KillReason) -> bool {
+    /// Asks the supervisor of `id` to end it (Thanatos): a [`KillReason`] kills at once, a
+    /// [`KillOrder`] may give a signal and a grace period first. `false` when it is not running here.
+    pub fn kill(&self, id: &SandboxId, order: impl Into<KillOrder>) -> bool {
         match self.live.lock().expect("lock").get(id) {
-            Some(l) => l.kill.send(reason).is_ok(),
+            Some(l) => l.kill.send(order.into()).is_ok(),
             None => false,
         }
     }

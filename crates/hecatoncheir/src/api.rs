@@ -33,7 +33,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
-use tartarus_core::{ExecRequest, KillReason, OutputEvent, SandboxId, SandboxRecord};
+use tartarus_core::{ExecRequest, KillOrder, KillReason, OutputEvent, SandboxId, SandboxRecord};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{error, warn};
@@ -278,6 +278,18 @@ async fn warm(
 pub struct KillBody {
     /// Why it is killed (recorded as its kill reason).
     pub reason: KillReason,
+    /// The signal sent first (default SIGKILL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Grace period after the signal, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ms: Option<u64>,
+}
+
+impl From<KillOrder> for KillBody {
+    fn from(o: KillOrder) -> Self {
+        Self { reason: o.reason, signal: Some(o.signal), grace_ms: Some(o.grace_ms) }
+    }
 }
 
 /// The answer of `POST /sandboxes/{id}/kill`.
@@ -294,7 +306,12 @@ async fn kill(
 ) -> Result<Json<Killed>, AgentApiError> {
     let id = sandbox_id(&id)?;
     let Json(body) = body?;
-    Ok(Json(Killed { killed: ctx.agent.kill(&id, body.reason) }))
+    let order = KillOrder {
+        reason: body.reason,
+        signal: body.signal.unwrap_or(libc::SIGKILL),
+        grace_ms: body.grace_ms.unwrap_or(0),
+    };
+    Ok(Json(Killed { killed: ctx.agent.kill(&id, order) }))
 }
 
 async fn exec(

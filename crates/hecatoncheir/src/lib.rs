@@ -10,6 +10,7 @@
 //! - [`lethe`] — each sandbox's directory: bundle, writable layer, logs; wiped when it ends.
 //! - [`erinyes`] — enforcement: cgroup limits and accounting (Tisiphone), deadlines (Alecto).
 //! - [`hermes`] — reading and following a sandbox's logs.
+//! - [`thanatos`] — graceful death: termination phases, mortem hooks, the callback.
 //! - [`nyx`] — template snapshots: the stored artifact of a warmed sandbox, restored from.
 //! - [`rootfs`] — looking things up inside a template's root filesystem without escaping it.
 #![warn(missing_docs)]
@@ -23,5 +24,6 @@ pub mod nyx;
 pub mod rootfs;
 pub mod runtime;
 pub mod shim;
+pub mod thanatos;
 
 pub use agent::{AgentConfig, AgentError, ExecStream, Hecatoncheir};

@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tartarus_core::{
-    ExecRequest, KillReason, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SnapshotInfo, TemplateName,
-};
+use tartarus_core::{ExecRequest, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SnapshotInfo, TemplateName};
 use tartarus_hecatoncheir::{AgentError, ExecStream, Hecatoncheir};
 use tokio::sync::mpsc;
 
@@ -59,7 +57,7 @@ pub trait Node: Send + Sync {
     /// sandbox already launched, or being launched, waits for that one and returns `Ok`).
     async fn launch(&self, id: &SandboxId) -> Result<(), NodeError>;
     /// Asks the node to kill a sandbox; `false` when it is not running there.
-    async fn kill(&self, id: &SandboxId, reason: KillReason) -> Result<bool, NodeError>;
+    async fn kill(&self, id: &SandboxId, order: tartarus_core::KillOrder) -> Result<bool, NodeError>;
     /// Runs a command in a running sandbox.
     async fn exec(&self, id: &SandboxId, req: ExecRequest) -> Result<ExecStream, NodeError>;
     /// Streams a sandbox's logs (kept on the node).
@@ -85,8 +83,8 @@ impl Node for Arc<Hecatoncheir> {
     async fn warm(&self, template: &TemplateName, command: Option<Vec<String>>) -> Result<SnapshotInfo, NodeError> {
         Ok(Hecatoncheir::warm(self, template, command).await?)
     }
-    async fn kill(&self, id: &SandboxId, reason: KillReason) -> Result<bool, NodeError> {
-        Ok(Hecatoncheir::kill(self, id, reason))
+    async fn kill(&self, id: &SandboxId, order: tartarus_core::KillOrder) -> Result<bool, NodeError> {
+        Ok(Hecatoncheir::kill(self, id, order))
     }
     async fn exec(&self, id: &SandboxId, req: ExecRequest) -> Result<ExecStream, NodeError> {
         Ok(Hecatoncheir::exec(self, id, req).await?)

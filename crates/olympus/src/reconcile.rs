@@ -131,7 +131,7 @@ pub async fn reconcile(moirai: &Moirai) -> Result<ReconcileReport, StoreError> {
                 Some(r) => !r.state.is_terminal() && r.node.as_deref() == Some(name),
                 None => false,
             };
-            if !ours && matches!(node.kill(id, KillReason::Requested).await, Ok(true)) {
+            if !ours && matches!(node.kill(id, KillReason::Requested.into()).await, Ok(true)) {
                 warn!(sandbox = %id, node = %name, "running without a record placing it there; killed");
                 report.orphans_killed.push(id.clone());
             }

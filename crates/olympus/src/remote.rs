@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
-use tartarus_core::{ExecRequest, ExitInfo, KillReason, OutputEvent, SandboxId, SandboxRecord, SandboxState};
+use tartarus_core::{ExecRequest, ExitInfo, OutputEvent, SandboxId, SandboxRecord, SandboxState};
 use tartarus_hecatoncheir::agent::error_chain;
 use tartarus_hecatoncheir::api::{ErrorBody, Held, KillBody, Killed};
 use tartarus_hecatoncheir::ExecStream;
@@ -262,8 +262,8 @@ impl Node for RemoteNode {
         self.call(req, LAUNCH_TIMEOUT).await
     }
 
-    async fn kill(&self, id: &SandboxId, reason: KillReason) -> Result<bool, NodeError> {
-        let req = self.post(&format!("/sandboxes/{id}/kill")).json(&KillBody { reason });
+    async fn kill(&self, id: &SandboxId, order: tartarus_core::KillOrder) -> Result<bool, NodeError> {
+        let req = self.post(&format!("/sandboxes/{id}/kill")).json(&KillBody::from(order));
         let killed: Killed = self.call(req, CALL_TIMEOUT).await?;
         Ok(killed.killed)
     }
@@ -398,7 +398,7 @@ mod tests {
         assert!(matches!(node.logs(&unknown, true).await, Err(NodeError::NotFound(_))));
         let exec = ExecRequest { command: vec!["id".into()], ..Default::default() };
         assert!(matches!(node.exec(&unknown, exec.clone()).await, Err(NodeError::NotFound(_))));
-        assert!(!node.kill(&unknown, KillReason::Requested).await.unwrap());
+        assert!(!node.kill(&unknown, tartarus_core::KillReason::Requested.into()).await.unwrap());
         let bad = ExecRequest::default();
         assert!(matches!(node.exec(&unknown, bad).await, Err(NodeError::Failed(m)) if m.contains("command")));
 

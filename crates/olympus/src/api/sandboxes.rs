@@ -190,11 +190,44 @@ pub async fn get_one(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Json<
     Ok(Json(record(&ctx, &parse_id(&id)?).await?))
 }
 
-/// Kill a sandbox (reason `requested`); answers with its final record.
-#[utoipa::path(delete, path = "/v1/sandboxes/{id}", params(("id" = String, Path, description = "Sandbox id")),
-    responses((status = 200, body = SandboxRecord), (status = 202, description = "Kill under way", body = SandboxRecord), (status = 404, body = ErrorBody)))]
-pub async fn kill(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Response, ApiError> {
+/// Query of `DELETE /v1/sandboxes/{id}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+pub struct KillQuery {
+    /// Grace period ("10s"): the signal first, SIGKILL only if the sandbox is still alive after it.
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub grace: Option<tartarus_core::HumanDuration>,
+    /// The signal sent first (`SIGTERM` by default with a grace, else `SIGKILL`): HUP, INT,
+    /// QUIT, KILL, USR1, USR2, TERM, by name or number.
+    #[serde(default)]
+    pub signal: Option<String>,
+}
+
+/// Longest grace a termination may be given.
+const MAX_GRACE: Duration = Duration::from_secs(3600);
+
+/// Kill a sandbox (reason `requested`), gracefully with `grace` (Thanatos); answers with its
+/// final record, its `termination` saying how it went.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", params(("id" = String, Path, description = "Sandbox id"), KillQuery),
+    responses((status = 200, body = SandboxRecord), (status = 202, description = "Kill under way", body = SandboxRecord), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn kill(
+    State(ctx): State<Ctx>,
+    IdPath(id): IdPath,
+    super::Q(q): super::Q<KillQuery>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    let grace = q.grace.map(|g| g.0).unwrap_or_default();
+    if grace > MAX_GRACE {
+        return Err(ApiError::InvalidRequest(format!("grace: at most {}", humantime::format_duration(MAX_GRACE))));
+    }
+    let signal = match q.signal.as_deref() {
+        None if grace.is_zero() => 9,
+        None => 15,
+        Some(s) => tartarus_core::parse_signal(s).ok_or_else(|| {
+            ApiError::InvalidRequest(format!("signal: {s:?} is not one of HUP, INT, QUIT, KILL, USR1, USR2, TERM"))
+        })?,
+    };
+    let order = tartarus_core::KillOrder { reason: KillReason::Requested, signal, grace_ms: grace.as_millis() as u64 };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let rec = record(&ctx, &id).await?;
@@ -223,7 +256,7 @@ pub async fn kill(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Response
             }
             _ => {
                 if let Ok(node) = node_of(&ctx, &rec).await {
-                    if let Ok(true) = node.kill(&id, KillReason::Requested).await {
+                    if let Ok(true) = node.kill(&id, order).await {
                         break;
                     }
                 }
@@ -235,9 +268,11 @@ pub async fn kill(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Response
             }
         }
     }
-    let waited =
-        tokio::time::timeout(Duration::from_secs(15), ctx.events.wait_terminal(ctx.state.sandboxes.as_ref(), &id))
-            .await;
+    let waited = tokio::time::timeout(
+        grace + Duration::from_secs(15),
+        ctx.events.wait_terminal(ctx.state.sandboxes.as_ref(), &id),
+    )
+    .await;
     match waited {
         Ok(r) => Ok((StatusCode::OK, Json(r?.expect("exists"))).into_response()),
         Err(_) => Ok((StatusCode::ACCEPTED, Json(record(&ctx, &id).await?)).into_response()),
