@@ -120,6 +120,9 @@ pub struct NodeView {
     pub state: NodeState,
     /// Largest share of any resource in use.
     pub load: f64,
+    /// Sandboxes a drain with eviction asked to end.
+    #[serde(default)]
+    pub evicted: Vec<tartarus_core::SandboxId>,
 }
 
 #[derive(Deserialize)]
@@ -249,9 +252,14 @@ impl Client {
 
     /// `POST /v1/nodes/{name}/drain` (or `undrain`).
     pub async fn drain(&self, name: &str, drain: bool) -> anyhow::Result<NodeView> {
+        self.drain_with(name, drain, &[]).await
+    }
+
+    /// [`Client::drain`] with a query (`evict`, `grace`).
+    pub async fn drain_with(&self, name: &str, drain: bool, query: &[(&str, String)]) -> anyhow::Result<NodeView> {
         let verb = if drain { "drain" } else { "undrain" };
         let path = format!("/v1/nodes/{}/{verb}", urlencode(name));
-        self.json(self.request(Method::POST, &path), "node").await
+        self.json(self.request(Method::POST, &path).query(query), "node").await
     }
 
     /// `GET /v1/failures`: Cocytus, newest first.

@@ -480,3 +480,26 @@ async fn two_olympus_share_the_queue_and_launch_each_sandbox_once() {
         assert!(placed > 0.0, "an Olympus placed nothing:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_draining_on_shutdown_ends_its_sandboxes_gracefully() {
+    if !ready() {
+        return;
+    }
+    let mut fleet = Fleet::start(&[]).await;
+    let secret = fleet.secret_file();
+    fleet.add_agent_with(&spec("a1", "", 8192, 50), &secret, &["--drain-on-shutdown", "5s"]).await;
+    fleet.wait_alive(vec!["a1"]).await;
+    let soul = json!({"template": TEMPLATE, "command": ["sh", "-c", "trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"]});
+    let id = id_of(&fleet.create(soul).await);
+    fleet.wait_running(&id, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.agent("a1").daemon.stop().await;
+    let r = fleet.wait_ended(&id, Duration::from_secs(30)).await;
+    assert_eq!((r["state"].as_str(), r["kill_reason"].as_str()), (Some("killed"), Some("system_shutdown")), "{r}");
+    let t = &r["termination"];
+    assert_eq!((t["reason"].as_str(), t["graceful"].as_bool()), (Some("system_shutdown"), Some(true)), "{r}");
+    assert_eq!(shims(std::slice::from_ref(&id))[&id], 0, "still running after the agent stopped");
+    let log = fleet.agent("a1").daemon.log();
+    assert!(log.contains("after ending its 1 sandboxes"), "{log}");
+}

@@ -146,3 +146,43 @@ async fn a_memory_hog_is_warned_about_then_killed_for_its_resource_limit() {
     kinds.sort();
     assert_eq!(kinds, ["killed", "memory_warning"], "{failures}");
 }
+
+#[tokio::test]
+async fn a_drain_with_eviction_ends_what_runs_on_the_node() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let realm = Realm::start().await;
+    let polite = running(
+        &realm,
+        json!({"template": TEMPLATE, "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]}),
+    )
+    .await;
+    // Ignores SIGTERM: killed after the grace.
+    let deaf = running(
+        &realm,
+        json!({"template": TEMPLATE, "command": ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]}),
+    )
+    .await;
+    let (_, nodes) = realm.get("/v1/nodes").await;
+    let node = nodes["nodes"][0]["name"].as_str().unwrap().to_owned();
+    let out = realm.cli(&["node", "drain", &node, "--evict", "--grace", "2s"]).await;
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("2 asked to end within 2s"), "{out}");
+    for (id, graceful) in [(&polite, true), (&deaf, false)] {
+        let r = realm.wait_ended(id, Duration::from_secs(30)).await;
+        assert_eq!(r["kill_reason"], "node_drain", "{r}");
+        assert_eq!(
+            (r["termination"]["reason"].as_str(), r["termination"]["graceful"].as_bool()),
+            (Some("node_drain"), Some(graceful)),
+            "{r}"
+        );
+    }
+    // Drained: nothing new is placed until it is undrained.
+    let waiting = id_of(&realm.create(json!({"template": TEMPLATE, "command": ["true"]})).await);
+    let r = realm.wait_for(&waiting, "pending", Duration::from_secs(10), |r| r["pending_reason"].is_string()).await;
+    assert_eq!(r["state"], "queued", "{r}");
+    let out = realm.cli(&["node", "undrain", &node]).await;
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(realm.wait_ended(&waiting, Duration::from_secs(60)).await["state"], "exited");
+}

@@ -84,6 +84,11 @@ pub enum KillReason {
     DiskLimit,
     /// Someone asked (`DELETE`, `tartarus kill`).
     Requested,
+    /// Its node was drained with eviction (`tartarus node drain --evict`).
+    NodeDrain,
+    /// Its node's agent shut down with `--drain-on-shutdown`.
+    #[serde(rename = "system_shutdown")]
+    Shutdown,
 }
 
 impl KillReason {
@@ -95,6 +100,8 @@ impl KillReason {
             Self::Idle => "idle",
             Self::DiskLimit => "disk_limit",
             Self::Requested => "requested",
+            Self::NodeDrain => "node_drain",
+            Self::Shutdown => "system_shutdown",
         }
     }
 
@@ -106,6 +113,8 @@ impl KillReason {
             Self::Idle => "idle for longer than its idle_timeout",
             Self::DiskLimit => "wrote more than its disk_mib (filesystem and logs)",
             Self::Requested => "killed on request",
+            Self::NodeDrain => "evicted from a drained node",
+            Self::Shutdown => "ended as its node shut down",
         }
     }
 }
@@ -191,6 +200,8 @@ impl TerminationReason {
             KillReason::Timeout | KillReason::Idle => Self::Timeout,
             KillReason::OutOfMemory | KillReason::DiskLimit => Self::ResourceLimit,
             KillReason::Requested => Self::UserRequest,
+            KillReason::NodeDrain => Self::NodeDrain,
+            KillReason::Shutdown => Self::SystemShutdown,
         }
     }
 }

@@ -1093,6 +1093,20 @@ impl Hecatoncheir {
         }
     }
 
+    /// Ends every sandbox running here with `order` (Thanatos) and waits, at most `limit`, until
+    /// they have ended and are recorded; returns how many were asked to end.
+    pub async fn end_all(&self, order: KillOrder, limit: Duration) -> usize {
+        let ids: Vec<SandboxId> = self.live.lock().expect("lock").keys().cloned().collect();
+        for id in &ids {
+            self.kill(id, order);
+        }
+        let give_up = Instant::now() + limit;
+        while self.running() > 0 && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ids.len()
+    }
+
     /// Freezes a running sandbox.
     pub async fn pause(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError> {
         let rec = self.get(id).await?;

@@ -62,6 +62,11 @@ pub struct Args {
     /// Most sandboxes at once.
     #[arg(long, default_value_t = 256)]
     pub slots: u32,
+    /// On SIGTERM, end this node's sandboxes gracefully (SIGTERM, up to this long, then SIGKILL;
+    /// reason system_shutdown) before stopping. Without it they keep running and are re-adopted
+    /// by the agent's next start.
+    #[arg(long, value_name = "GRACE", value_parser = args::duration)]
+    pub drain_on_shutdown: Option<tartarus_core::HumanDuration>,
     /// Where Nyx's snapshot artifacts are (a directory or s3://bucket/prefix; default
     /// <data-dir>/erebus/store): give every agent and Olympus the same store in a fleet.
     #[arg(long)]
@@ -165,6 +170,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
         format!("runtime {describe}"),
         format!("labels {:?}", args.labels),
     ])?;
+    let agent_for_drain = agent.clone();
     let app = tartarus_hecatoncheir::api::router(agent, secret);
     // Streams Olympus proxies (logs -f, exec) may stay open: after the signal they get a short
     // grace, then the agent stops regardless (its sandboxes keep running).
@@ -179,6 +185,16 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             let _ = stop_rx.await;
             tokio::time::sleep(Duration::from_secs(2)).await;
         } => {}
+    }
+    if let Some(grace) = args.drain_on_shutdown {
+        let order = tartarus_core::KillOrder {
+            reason: tartarus_core::KillReason::Shutdown,
+            signal: libc::SIGTERM,
+            grace_ms: grace.0.as_millis() as u64,
+        };
+        let n = agent_for_drain.end_all(order, grace.0 + Duration::from_secs(10)).await;
+        eprintln!("tartarus: agent {node} stopped after ending its {n} sandboxes (drain on shutdown)");
+        return Ok(0);
     }
     eprintln!("tartarus: agent {node} stopped; its sandboxes keep running and are re-adopted by its next start");
     Ok(0)

@@ -16,11 +16,19 @@ pub enum Command {
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
         output: Format,
     },
-    /// Stop new placements on a node; its running sandboxes keep running.
-    #[command(after_help = "Examples:\n  tartarus node drain node-b\n  tartarus node undrain node-b   # take it back")]
+    /// Stop new placements on a node; its running sandboxes keep running, or with --evict end.
+    #[command(
+        after_help = "Examples:\n  tartarus node drain node-b\n  tartarus node drain node-b --evict --grace 60s   # and end what runs there\n  tartarus node undrain node-b   # take it back\n\nWith --evict, every sandbox running on the node gets SIGTERM and up to --grace to end,\nthen SIGKILL (Thanatos); their records say `termination.reason: node_drain`."
+    )]
     Drain {
         /// The node's id, as `tartarus node ls` shows it.
         name: String,
+        /// Also end the sandboxes running there (SIGTERM, the grace, then SIGKILL).
+        #[arg(long)]
+        evict: bool,
+        /// With --evict: how long each sandbox has to end after SIGTERM.
+        #[arg(long, value_name = "DURATION", value_parser = crate::args::duration, default_value = "30s", requires = "evict")]
+        grace: tartarus_core::HumanDuration,
     },
     /// Allow placements on a drained node again.
     Undrain {
@@ -35,7 +43,7 @@ pub async fn execute(cmd: Command, g: &Global) -> anyhow::Result<i32> {
     match cmd {
         Command::Ls { output: Format::Json } => output::print_json(&client.nodes().await?)?,
         Command::Ls { output: Format::Table } => print!("{}", render(&client.nodes().await?)),
-        Command::Drain { name } => {
+        Command::Drain { name, evict: false, .. } => {
             let n = client.drain(&name, true).await?;
             println!(
                 "node {} is {}: no new sandboxes go there ({} still running)",
@@ -43,6 +51,20 @@ pub async fn execute(cmd: Command, g: &Global) -> anyhow::Result<i32> {
                 n.state.as_str(),
                 n.info.used.slots
             );
+        }
+        Command::Drain { name, evict: true, grace } => {
+            let query = [("evict", "true".to_owned()), ("grace", humantime::format_duration(grace.0).to_string())];
+            let n = client.drain_with(&name, true, &query).await?;
+            println!(
+                "node {} is {}: no new sandboxes go there; {} asked to end within {}",
+                n.info.name,
+                n.state.as_str(),
+                n.evicted.len(),
+                humantime::format_duration(grace.0)
+            );
+            for id in &n.evicted {
+                println!("  {id}");
+            }
         }
         Command::Undrain { name } => {
             let n = client.drain(&name, false).await?;

@@ -206,6 +206,11 @@ impl Fleet {
 
     /// Starts another agent that authenticates with the secret in `secret_file`.
     pub async fn add_agent_with_secret(&mut self, spec: &AgentSpec, secret_file: &Path) {
+        self.add_agent_with(spec, secret_file, &[]).await;
+    }
+
+    /// Starts another agent with the secret in `secret_file` and extra arguments.
+    pub async fn add_agent_with(&mut self, spec: &AgentSpec, secret_file: &Path, extra: &[&str]) {
         let data_dir = self.tmp.path().join(spec.name);
         let mut args: Vec<String> = vec!["--data-dir".into(), data_dir.display().to_string(), "agent".into()];
         args.extend(
@@ -231,6 +236,7 @@ impl Fleet {
         if !spec.labels.is_empty() {
             args.extend(["--labels".to_string(), spec.labels.to_string()]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let announce = format!("tartarus: agent {} listening on ", spec.name);
         let mut daemon = Daemon::new(&format!("agent {}", spec.name), args, &[], &announce);
         daemon.start().await;

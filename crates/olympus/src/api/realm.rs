@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tartarus_core::{Failure, NodeInfo, NodeState, SandboxId};
+use tartarus_core::{Failure, NodeInfo, NodeState, SandboxId, SandboxState};
 use tartarus_store::FailureFilter;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -25,6 +25,10 @@ pub struct NodeView {
     pub state: NodeState,
     /// Largest share of any resource in use, 0 to 1.
     pub load: f64,
+    /// Sandboxes asked to end by a drain with `evict` (Thanatos, reason `node_drain`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub evicted: Vec<tartarus_core::SandboxId>,
 }
 
 /// A listing of nodes.
@@ -36,7 +40,7 @@ pub struct NodeList {
 
 fn view(ctx: &Ctx, info: NodeInfo) -> NodeView {
     let state = info.state(Utc::now(), ctx.moirai.cfg.dead_after);
-    NodeView { load: info.load(), state, info }
+    NodeView { load: info.load(), state, info, evicted: Vec::new() }
 }
 
 /// The nodes in Hades.
@@ -58,11 +62,54 @@ async fn set_draining(ctx: &Ctx, name: &str, draining: bool) -> Result<NodeView,
     Ok(view(ctx, info))
 }
 
-/// Stop new placements on a node (its running sandboxes keep running).
-#[utoipa::path(post, path = "/v1/nodes/{name}/drain", params(("name" = String, Path, description = "Node name")),
-    responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
-pub async fn drain(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Json<NodeView>, ApiError> {
-    Ok(Json(set_draining(&ctx, &name, true).await?))
+/// Query of `POST /v1/nodes/{name}/drain`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct DrainQuery {
+    /// Also end the sandboxes running there (Thanatos: SIGTERM, the grace, then SIGKILL).
+    #[serde(default)]
+    pub evict: bool,
+    /// With `evict`: how long each sandbox has to end after SIGTERM (default 30s, at most 1h).
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub grace: Option<tartarus_core::HumanDuration>,
+}
+
+/// Stop new placements on a node; its running sandboxes keep running, or with `evict` are
+/// ended gracefully (reason `node_drain`).
+#[utoipa::path(post, path = "/v1/nodes/{name}/drain", params(("name" = String, Path, description = "Node name"), DrainQuery),
+    responses((status = 200, body = NodeView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn drain(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    super::Q(q): super::Q<DrainQuery>,
+) -> Result<Json<NodeView>, ApiError> {
+    let grace = q.grace.map_or(std::time::Duration::from_secs(30), |g| g.0);
+    if grace > std::time::Duration::from_secs(3600) {
+        return Err(ApiError::InvalidRequest("grace: at most 1h".into()));
+    }
+    let mut view = set_draining(&ctx, &name, true).await?;
+    if q.evict {
+        let filter = tartarus_store::SandboxFilter {
+            states: vec![SandboxState::Starting, SandboxState::Running, SandboxState::Paused],
+            node: Some(name.clone()),
+            ..Default::default()
+        };
+        let node = ctx.moirai.node_of(&name).await?.map(|(_, n)| n).ok_or_else(|| {
+            ApiError::NodeUnreachable(format!("node {name} cannot be reached to evict its sandboxes"))
+        })?;
+        let order = tartarus_core::KillOrder {
+            reason: tartarus_core::KillReason::NodeDrain,
+            signal: 15,
+            grace_ms: grace.as_millis() as u64,
+        };
+        for rec in ctx.state.sandboxes.list(&filter).await? {
+            if matches!(node.kill(&rec.id, order).await, Ok(true)) {
+                view.evicted.push(rec.id);
+            }
+        }
+        tracing::info!(node = %name, evicted = view.evicted.len(), "node drained with eviction");
+    }
+    Ok(Json(view))
 }
 
 /// Allow placements on a drained node again.
