@@ -549,7 +549,7 @@ impl Hecatoncheir {
     }
 
     /// Nyx.Prepare: warms a sandbox of template `name` — starts it as a session, runs `command` in
-    /// it to its end (processes it leaves in the background stay), pauses it and checkpoints it —
+    /// it to its end, pauses it and checkpoints it —
     /// then stores the checkpoint as the template's snapshot, replacing any earlier one.
     #[instrument(skip(self))]
     pub async fn warm(&self, name: &TemplateName, command: Option<Vec<String>>) -> Result<SnapshotInfo, AgentError> {

@@ -504,7 +504,7 @@ pub async fn prune(State(ctx): State<Ctx>) -> Result<Json<PruneResult>, ApiError
 #[serde(deny_unknown_fields)]
 pub struct WarmRequest {
     /// A warm-up command run in the sandbox to its end before the checkpoint (e.g. a Python that
-    /// imports pandas); processes it leaves in the background are part of the snapshot.
+    /// imports pandas); the files it writes are part of the snapshot.
     #[serde(default)]
     pub command: Option<Vec<String>>,
 }
