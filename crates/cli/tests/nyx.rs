@@ -129,3 +129,25 @@ async fn a_failing_warm_up_says_why_and_records_nothing() {
     let r = realm.run(json!({"template": TEMPLATE, "command": ["true"]})).await;
     assert_eq!(r["launched_from"], "cold", "{r}");
 }
+
+#[tokio::test]
+async fn a_restored_sandbox_gets_its_termination_signal_in_its_command() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let realm = Realm::start().await;
+    let warm = realm.cli(&["template", "warm", TEMPLATE]).await;
+    assert_eq!(warm.code, 0, "{warm}");
+    // Restored, the command runs beside the sandbox's init: SIGTERM must reach the command.
+    let soul = json!({"template": TEMPLATE,
+                      "command": ["sh", "-c", "trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"]});
+    let id = id_of(&realm.create(soul).await);
+    let r = realm.wait_running(&id, Duration::from_secs(60)).await;
+    assert!(r["launched_from"].as_str().unwrap_or_default().starts_with("snapshot "), "{r}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, rec) = realm.delete(&format!("/v1/sandboxes/{id}?grace=20s")).await;
+    assert_eq!(status.as_u16(), 200, "{rec}");
+    assert_eq!(rec["termination"]["graceful"], true, "{rec}");
+    assert_eq!(rec["exit_code"], 0, "{rec}");
+    assert_eq!(realm.logs(&id).await.stdout, "bye\n");
+}

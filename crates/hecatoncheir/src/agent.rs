@@ -776,7 +776,7 @@ impl Hecatoncheir {
                         if let Ok(Some(RuntimeStatus::Paused)) = self.runtime.status(&id).await {
                             let _ = self.runtime.resume(&id).await;
                         }
-                        if let Err(e) = self.runtime.kill(&id, order.signal, false).await {
+                        if let Err(e) = self.runtime.signal_main(&id, &dir, order.signal).await {
                             warn!(sandbox = %id, error = %error_chain(&e), "sending the termination signal failed");
                         }
                         dying.phase(TerminationPhase::Signaled);

@@ -137,6 +137,12 @@ pub trait Runtime: Send + Sync {
     /// Sends `signal` to the main process (and, with `all`, every process) of `id`.
     async fn kill(&self, id: &SandboxId, signal: i32, all: bool) -> Result<(), RuntimeError>;
 
+    /// Sends `signal` to the sandbox's main process only — for a sandbox restored from a
+    /// snapshot that is the request's command, not the init keeping the sandbox up.
+    async fn signal_main(&self, id: &SandboxId, _dir: &SandboxDir, signal: i32) -> Result<(), RuntimeError> {
+        self.kill(id, signal, false).await
+    }
+
     /// Freezes every process of `id`.
     async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError>;
 

@@ -146,6 +146,11 @@ pub fn sandbox_flags(state_root: &Path, platform: Platform, overlay: Option<Stri
     a
 }
 
+/// Where the in-sandbox pid of a restored sandbox's main process is written.
+fn main_pid_file(dir: &SandboxDir) -> PathBuf {
+    dir.root().join("main.pid")
+}
+
 /// Finds a program on `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
@@ -336,6 +341,18 @@ impl Runtime for Gvisor {
         }
     }
 
+    async fn signal_main(&self, id: &SandboxId, dir: &SandboxDir, signal: i32) -> Result<(), RuntimeError> {
+        // Restored sandboxes run their main process as an exec, whose pid inside the sandbox
+        // runsc wrote down; booted ones have it as init.
+        let pid = std::fs::read_to_string(main_pid_file(dir)).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        let Some(pid) = pid else { return self.kill(id, signal, false).await };
+        let args = ["kill".into(), format!("--pid={pid}"), id.to_string(), signal.to_string()];
+        match self.runsc_ok("kill", &args).await {
+            Err(e) if Self::not_found(&e) => Err(RuntimeError::NotFound(id.clone())),
+            other => other.map(drop),
+        }
+    }
+
     async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         self.runsc_ok("pause", &["pause".into(), id.to_string()]).await.map(drop)
     }
@@ -413,7 +430,12 @@ impl Runtime for Gvisor {
             .map_err(|source| RuntimeError::Prepare { path: file.clone(), source })?;
         let mut argv = vec![self.runsc.path.display().to_string()];
         argv.extend(self.base_args());
-        argv.extend(["exec".into(), format!("--process={}", file.display()), spec.id.to_string()]);
+        argv.extend([
+            "exec".into(),
+            format!("--process={}", file.display()),
+            format!("--internal-pid-file={}", main_pid_file(dir).display()),
+            spec.id.to_string(),
+        ]);
         Ok(MainCommand { argv })
     }
 
