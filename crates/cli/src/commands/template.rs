@@ -48,9 +48,9 @@ pub enum Command {
 
 Nyx starts a session sandbox of the template, runs the warm-up command in it to its end (it
 must exit 0; the files it writes, in the root filesystem and in /tmp, are in the snapshot),
-pauses the sandbox and checkpoints it. (Processes it leaves in the background are checkpointed
-too, but with this gVisor they were seen not to resume their work after a restore: do not rely
-on them yet.) The checkpoint is stored, compressed, in the realm's blob store; later sandboxes of the
+pauses the sandbox and checkpoints it. (Processes it leaves in the background do not survive:
+with the runsc in use here, processes started by `runsc exec` come back from a restore as
+zombies.) The checkpoint is stored, compressed, in the realm's blob store; later sandboxes of the
 template are restored from it (their record says `launched_from: snapshot …`), each with a
 writable layer of its own. Warming again replaces the snapshot; `tartarus snapshot rm` drops it.")]
 pub struct WarmArgs {
