@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tartarus_core::{
-    signal_name, Capacity, ExecRequest, ExitInfo, KillOrder, KillReason, NodeInfo, OutputEvent, PhaseAt, SandboxEvent,
+    signal_name, Capacity, ExecRequest, ExitInfo, KillOrder, KillReason, NodeInfo, OutputEvent, SandboxEvent,
     SandboxId, SandboxRecord, SandboxSpec, SandboxState, SandboxStats, SnapshotInfo, Stream, TemplateName,
     TemplateRecord, Termination, TerminationPhase, TerminationReason,
 };
@@ -773,9 +773,7 @@ impl Hecatoncheir {
                     if order.signal != libc::SIGKILL && order.grace_ms > 0 {
                         // Thanatos's gentle path: the signal, then a grace period to end by itself.
                         self.initiate(&id, &mut dying, order).await;
-                        if let Ok(Some(RuntimeStatus::Paused)) = self.runtime.status(&id).await {
-                            let _ = self.runtime.resume(&id).await;
-                        }
+                        self.thaw(&id).await;
                         if let Err(e) = self.runtime.signal_main(&id, &dir, order.signal).await {
                             warn!(sandbox = %id, error = %error_chain(&e), "sending the termination signal failed");
                         }
@@ -830,10 +828,7 @@ impl Hecatoncheir {
                 strike_at = Some(Instant::now() + self.runtime.kill_grace());
                 continue;
             }
-            if let Ok(Some(RuntimeStatus::Paused)) = self.runtime.status(&id).await {
-                // A frozen sandbox cannot take a signal: thaw it so SIGKILL lands at once.
-                let _ = self.runtime.resume(&id).await;
-            }
+            self.thaw(&id).await;
             let retry = match self.runtime.kill(&id, libc::SIGKILL, false).await {
                 Ok(()) => self.runtime.kill_grace(),
                 // Not created yet by the runtime (killed right after start): try again soon.
@@ -846,6 +841,13 @@ impl Hecatoncheir {
             strike_at = Some(Instant::now() + retry);
         }
         self.finish_dying(&id, reason, dying).await;
+    }
+
+    /// Thaws `id` if it is frozen: a frozen sandbox cannot take a signal.
+    async fn thaw(&self, id: &SandboxId) {
+        if let Ok(Some(RuntimeStatus::Paused)) = self.runtime.status(id).await {
+            let _ = self.runtime.resume(id).await;
+        }
     }
 
     /// Thanatos's first phase: records the order and runs the pre-mortem hooks.
@@ -902,7 +904,8 @@ impl Hecatoncheir {
             warn!(sandbox = %id, error = %error_chain(&e), "reading the sandbox's accounting failed");
             SandboxStats::default()
         });
-        if !dying.killed || dying.phases.last().map(|p| p.phase) != Some(TerminationPhase::Terminating) {
+        // Entered already when SIGKILL followed a grace period; otherwise now.
+        if dying.phases.last().map(|p| p.phase) != Some(TerminationPhase::Terminating) {
             dying.phase(TerminationPhase::Terminating);
         }
         let why = match (reason, stats.oom_kills > 0) {
@@ -910,14 +913,14 @@ impl Hecatoncheir {
             (None, true) => TerminationReason::ResourceLimit,
             (None, false) => TerminationReason::Completed,
         };
-        let mut termination = Termination {
+        dying.phase(TerminationPhase::Completed);
+        let termination = Termination {
             reason: why,
             signal: dying.signal.map(signal_name),
             grace_ms: dying.grace_ms,
             graceful: !dying.killed && stats.oom_kills == 0,
-            phases: dying.phases.clone(),
+            phases: dying.phases,
         };
-        termination.phases.push(PhaseAt { phase: TerminationPhase::Completed, at: Utc::now() });
         let outcome = self
             .record(id, move |r| {
                 r.ended_at = Some(Utc::now());

@@ -83,10 +83,7 @@ pub async fn drain(
     Path(name): Path<String>,
     super::Q(q): super::Q<DrainQuery>,
 ) -> Result<Json<NodeView>, ApiError> {
-    let grace = q.grace.map_or(std::time::Duration::from_secs(30), |g| g.0);
-    if grace > std::time::Duration::from_secs(3600) {
-        return Err(ApiError::InvalidRequest("grace: at most 1h".into()));
-    }
+    let grace = super::sandboxes::check_grace(q.grace.map_or(std::time::Duration::from_secs(30), |g| g.0))?;
     let mut view = set_draining(&ctx, &name, true).await?;
     if q.evict {
         let filter = tartarus_store::SandboxFilter {

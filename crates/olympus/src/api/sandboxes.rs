@@ -206,6 +206,14 @@ pub struct KillQuery {
 /// Longest grace a termination may be given.
 const MAX_GRACE: Duration = Duration::from_secs(3600);
 
+/// Checks a termination grace period against [`MAX_GRACE`].
+pub(super) fn check_grace(grace: Duration) -> Result<Duration, ApiError> {
+    if grace > MAX_GRACE {
+        return Err(ApiError::InvalidRequest(format!("grace: at most {}", humantime::format_duration(MAX_GRACE))));
+    }
+    Ok(grace)
+}
+
 /// Kill a sandbox (reason `requested`), gracefully with `grace` (Thanatos); answers with its
 /// final record, its `termination` saying how it went.
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}", params(("id" = String, Path, description = "Sandbox id"), KillQuery),
@@ -216,10 +224,7 @@ pub async fn kill(
     super::Q(q): super::Q<KillQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let grace = q.grace.map(|g| g.0).unwrap_or_default();
-    if grace > MAX_GRACE {
-        return Err(ApiError::InvalidRequest(format!("grace: at most {}", humantime::format_duration(MAX_GRACE))));
-    }
+    let grace = check_grace(q.grace.map(|g| g.0).unwrap_or_default())?;
     let signal = match q.signal.as_deref() {
         None if grace.is_zero() => 9,
         None => 15,

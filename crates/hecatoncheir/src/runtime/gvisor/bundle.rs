@@ -11,13 +11,18 @@ use crate::runtime::LaunchSpec;
 /// Where the session keeper (a static busybox, run as `busybox sleep`) is mounted inside session sandboxes.
 pub const SESSION_INIT: &str = "/.tartarus/busybox";
 
+/// The process that keeps a session sandbox up: the host's static busybox, sleeping.
+pub fn session_keeper() -> Vec<String> {
+    vec![SESSION_INIT.into(), "sleep".into(), "2147483647".into()]
+}
+
 /// The bundle's `config.json` for `spec`: the template as root (its writes go to the
 /// overlay), the request's process, limits, and a cgroup the agent has made already.
 pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, cgroup: &str) -> String {
     let args = match &spec.command {
         Some(argv) => argv.clone(),
         // A session: keep the sandbox up with a static binary of the host's, mounted read-only.
-        None => vec![SESSION_INIT.into(), "sleep".into(), "2147483647".into()],
+        None => session_keeper(),
     };
     let process = ProcessBuilder::default()
         .terminal(false)

@@ -414,10 +414,7 @@ impl Runtime for Gvisor {
             let message = tail.into_iter().rev().collect::<Vec<_>>().join(" / ");
             return Err(RuntimeError::Refused { operation: "runsc restore".into(), message });
         }
-        let argv = spec
-            .command
-            .clone()
-            .unwrap_or_else(|| vec![bundle::SESSION_INIT.into(), "sleep".into(), "2147483647".into()]);
+        let argv = spec.command.clone().unwrap_or_else(bundle::session_keeper);
         let process = bundle::exec_process(&ExecSpec {
             command: argv,
             env: spec.env.clone(),
