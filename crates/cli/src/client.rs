@@ -6,7 +6,7 @@
 //! Server-Sent Events, read by [`SseReader`] and decoded into [`OutputEvent`]s by
 //! [`OutputStream`].
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -148,6 +148,21 @@ fn urlencode(s: &str) -> String {
 #[derive(Deserialize)]
 struct TemplateList {
     templates: Vec<TemplateRecord>,
+    #[serde(default)]
+    pools: BTreeMap<String, PoolView>,
+}
+
+/// A template's warm pools across the realm, as `GET /v1/templates` reports them.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+pub struct PoolView {
+    /// Sandboxes each node keeps ready.
+    pub size: u32,
+    /// Ready now, all nodes together.
+    pub ready: u32,
+    /// Requests served from pools.
+    pub served: u64,
+    /// Nodes alive.
+    pub nodes: u32,
 }
 
 /// A client of one realm's API. (Not `Debug`: it holds the token.)
@@ -303,8 +318,19 @@ impl Client {
 
     /// `GET /v1/templates`.
     pub async fn templates(&self) -> anyhow::Result<Vec<TemplateRecord>> {
+        Ok(self.templates_and_pools().await?.0)
+    }
+
+    /// `GET /v1/templates` with the warm pools of each pooled template.
+    pub async fn templates_and_pools(&self) -> anyhow::Result<(Vec<TemplateRecord>, BTreeMap<String, PoolView>)> {
         let list: TemplateList = self.json(self.request(Method::GET, "/v1/templates"), "template list").await?;
-        Ok(list.templates)
+        Ok((list.templates, list.pools))
+    }
+
+    /// `PUT /v1/templates/{name}/pool`: every node keeps `size` sandboxes of it ready.
+    pub async fn set_pool(&self, name: &str, size: u32) -> anyhow::Result<TemplateRecord> {
+        let body = serde_json::json!({ "size": size });
+        self.json(self.request(Method::PUT, &format!("/v1/templates/{name}/pool")).json(&body), "template").await
     }
 
     /// `POST /v1/templates/build`: builds a template; its progress streams back as SSE.

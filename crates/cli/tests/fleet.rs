@@ -123,10 +123,17 @@ async fn placement_follows_labels_capacity_and_load() {
     let counts: Vec<usize> = per_node.values().copied().collect();
     assert_eq!(per_node.len(), 3, "{per_node:?}");
     assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 3, "uneven spread: {per_node:?}");
-    // Hades sees the load the agents report.
-    let nodes = fleet.nodes().await;
-    let used: u64 = nodes.iter().map(|n| n["used"]["slots"].as_u64().unwrap_or(0)).sum();
-    assert_eq!(used, 60, "{nodes:?}");
+    // Hades sees the load the agents report, once each has heartbeated after its last launch.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let nodes = loop {
+        let nodes = fleet.nodes().await;
+        let used: u64 = nodes.iter().map(|n| n["used"]["slots"].as_u64().unwrap_or(0)).sum();
+        if used == 60 {
+            break nodes;
+        }
+        assert!(Instant::now() < deadline, "nodes report {used} sandboxes, not 60: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     // `tartarus node ls` and `ps` show the same.
     let out = fleet.cli(&["node", "ls", "--output", "json"]).await;
     assert_eq!(out.code, 0, "{out}");

@@ -24,7 +24,7 @@ pub mod verdict;
 
 pub use failure::Failure;
 pub use id::{InvalidId, SandboxId};
-pub use node::{Capacity, NodeInfo, NodeState};
+pub use node::{Capacity, NodeInfo, NodeState, PoolCount};
 pub use output::{ExecRequest, ExitInfo, OutputEvent, Stream};
 pub use sandbox::{
     parse_signal, signal_name, KillOrder, KillReason, PhaseAt, SandboxEvent, SandboxRecord, SandboxState, SandboxStats,
@@ -33,5 +33,5 @@ pub use sandbox::{
 pub use soul::{
     HeatLevel, HumanDuration, NetworkContract, ResourceClass, Resources, SandboxSpec, SoulRequest, SpecError,
 };
-pub use template::{ImageDefaults, ImageInfo, SnapshotInfo, TemplateName, TemplateRecord};
+pub use template::{ImageDefaults, ImageInfo, SnapshotInfo, TemplateName, TemplateRecord, MAX_POOL_SIZE};
 pub use verdict::{Ruling, Verdict};

@@ -96,9 +96,26 @@ pub struct NodeInfo {
     /// Set by `tartarus node drain`: no new placements.
     #[serde(default)]
     pub draining: bool,
+    /// Its warm pools, by template name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pools: BTreeMap<String, PoolCount>,
+}
+
+/// One node's warm pool of one template.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolCount {
+    /// Sandboxes ready to be handed over now.
+    pub ready: u32,
+    /// Sandboxes handed over to requests since the agent started.
+    pub served: u64,
 }
 
 impl NodeInfo {
+    /// Sandboxes of `template` it has ready to hand over.
+    pub fn pool_ready(&self, template: &str) -> u32 {
+        self.pools.get(template).map_or(0, |p| p.ready)
+    }
+
     /// What is still free on it.
     pub fn free(&self) -> Capacity {
         self.capacity.minus(self.used)

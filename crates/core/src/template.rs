@@ -116,7 +116,18 @@ pub struct TemplateRecord {
     /// so a snapshot of older content is recognised as stale and rebuilt, never used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotInfo>,
+    /// Sandboxes of this template every node keeps ready (a warm pool), so a request is served
+    /// by handing one over instead of booting or restoring; 0 keeps none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pool_size: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Most sandboxes a node keeps ready per template.
+pub const MAX_POOL_SIZE: u32 = 64;
 
 impl TemplateRecord {
     /// What identifies this template's content: its image's manifest digest, or for an imported

@@ -165,6 +165,25 @@ impl Settings {
     }
 }
 
+/// A session of `template` with its defaults and a fresh id, for the agent's own use (warming,
+/// pools; `origin` names which in errors).
+pub(crate) fn session_of(template: &TemplateRecord, origin: &str) -> Result<(Settings, LaunchSpec), AgentError> {
+    let spec = tartarus_core::SoulRequest { template: template.name.to_string(), ..Default::default() }
+        .validate(origin)
+        .map_err(|e| AgentError::Warm(e.to_string()))?;
+    let settings = Settings::of(&spec, template).map_err(AgentError::Warm)?;
+    let launch = LaunchSpec {
+        id: SandboxId::generate(),
+        rootfs: template.rootfs.clone(),
+        command: None,
+        env: settings.env(&BTreeMap::new()),
+        workdir: settings.workdir.clone(),
+        user: settings.user,
+        resources: spec.resources,
+    };
+    Ok((settings, launch))
+}
+
 /// When a sandbox was last used, and how many `exec`s run in it now (idle only when none).
 #[derive(Clone)]
 struct Activity {
@@ -215,9 +234,9 @@ type LaunchGate = Arc<tokio::sync::Mutex<()>>;
 
 /// The node agent.
 pub struct Hecatoncheir {
-    cfg: AgentConfig,
-    runtime: Arc<dyn Runtime>,
-    state: State,
+    pub(crate) cfg: AgentConfig,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) state: State,
     events: Events,
     live: Mutex<HashMap<SandboxId, Live>>,
     /// Launches under way: one gate per sandbox (a second launch of it waits for the first),
@@ -229,6 +248,10 @@ pub struct Hecatoncheir {
     warming: Mutex<std::collections::HashSet<TemplateName>>,
     /// Thanatos's pre- and post-mortem hooks.
     hooks: Mutex<Vec<Arc<dyn MortemHook>>>,
+    /// Warm pools: sandboxes ready to be handed over, by template.
+    pub(crate) pools: Mutex<crate::pool::Pools>,
+    /// Wakes the pool keeper (a pooled sandbox was taken).
+    pub(crate) pool_wake: tokio::sync::Notify,
 }
 
 impl Hecatoncheir {
@@ -245,6 +268,8 @@ impl Hecatoncheir {
             started_at: Utc::now(),
             warming: Mutex::default(),
             hooks: Mutex::default(),
+            pools: Mutex::default(),
+            pool_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -303,6 +328,7 @@ impl Hecatoncheir {
             started_at: self.started_at,
             heartbeat_at: Utc::now(),
             draining: false,
+            pools: self.pools.lock().expect("lock").counts(),
         }
     }
 
@@ -467,15 +493,21 @@ impl Hecatoncheir {
             resources: spec.resources,
         };
         let dir = self.dir(id);
-        let (image, launched_from) = self.snapshot_for(&template).await;
-        let started = async {
-            let main = match &image {
-                Some(image) => self.runtime.restore(&launch, &dir, image).await?,
-                None => self.runtime.create(&launch, &dir).await?,
-            };
-            self.runtime.start(&dir, &main, &self.cfg.shim_exe).await
-        }
-        .await;
+        let (started, launched_from) = match self.serve_from_pool(&template, &launch, &dir).await {
+            Some((shim, from)) => (Ok(shim), from),
+            None => {
+                let (image, launched_from) = self.snapshot_for(&template).await;
+                let started = async {
+                    let main = match &image {
+                        Some(image) => self.runtime.restore(&launch, &dir, image).await?,
+                        None => self.runtime.create(&launch, &dir).await?,
+                    };
+                    self.runtime.start(&dir, &main, &self.cfg.shim_exe).await
+                }
+                .await;
+                (started, launched_from)
+            }
+        };
         let mut shim = match started {
             Ok(shim) => shim,
             Err(e) => {
@@ -519,7 +551,7 @@ impl Hecatoncheir {
 
     /// The local checkpoint to restore a sandbox of `template` from, and how the launch will be
     /// described in its record. A stale snapshot is never used: it is rebuilt in the background.
-    async fn snapshot_for(self: &Arc<Self>, template: &TemplateRecord) -> (Option<PathBuf>, String) {
+    pub(crate) async fn snapshot_for(self: &Arc<Self>, template: &TemplateRecord) -> (Option<PathBuf>, String) {
         let Some(nyx) = &self.cfg.nyx else { return (None, "cold".into()) };
         match template.usable_snapshot(&self.runtime.describe()) {
             Ok(None) => (None, "cold".into()),
@@ -557,21 +589,9 @@ impl Hecatoncheir {
         let started = std::time::Instant::now();
         let template =
             self.state.templates.template(name).await?.ok_or_else(|| AgentError::NoTemplate(name.clone()))?;
-        let spec = tartarus_core::SoulRequest { template: name.to_string(), ..Default::default() }
-            .validate("nyx")
-            .map_err(|e| AgentError::Warm(e.to_string()))?;
-        let settings = Settings::of(&spec, &template).map_err(AgentError::Warm)?;
-        let id = SandboxId::generate();
+        let (settings, launch) = session_of(&template, "nyx")?;
+        let id = launch.id.clone();
         let dir = self.dir(&id);
-        let launch = LaunchSpec {
-            id: id.clone(),
-            rootfs: template.rootfs.clone(),
-            command: None,
-            env: settings.env(&BTreeMap::new()),
-            workdir: settings.workdir.clone(),
-            user: settings.user,
-            resources: spec.resources,
-        };
         let snap_id = format!("snap-{}", &id.to_string()[3..]);
         let result = async {
             let main = self.runtime.create(&launch, &dir).await?;
@@ -723,7 +743,7 @@ impl Hecatoncheir {
     }
 
     /// Waits (at most [`READY_WAIT`]) until the runtime reports `id` running, or its shim ends.
-    async fn until_running(&self, id: &SandboxId, shim: &mut ShimHandle) {
+    pub(crate) async fn until_running(&self, id: &SandboxId, shim: &mut ShimHandle) {
         let give_up = Instant::now() + READY_WAIT;
         while Instant::now() < give_up && !shim.has_ended() {
             if let Ok(Some(RuntimeStatus::Running)) = self.runtime.status(id).await {
@@ -1060,17 +1080,22 @@ impl Hecatoncheir {
             if !dir.bundle().exists() && !dir.writable().exists() {
                 continue;
             }
-            let not_ours = match self.state.sandboxes.get(&id).await {
-                Ok(Some(r)) => r.state.is_terminal() || r.node.as_deref() != Some(self.name()),
-                Ok(None) => true,
-                Err(_) => false,
+            let (not_ours, no_record) = match self.state.sandboxes.get(&id).await {
+                Ok(Some(r)) => (r.state.is_terminal() || r.node.as_deref() != Some(self.name()), false),
+                Ok(None) => (true, true),
+                Err(_) => (false, false),
             };
             if not_ours && !self.live.lock().expect("lock").contains_key(&id) {
                 info!(sandbox = %id, "releasing what a sandbox no longer on this node still held");
                 if let Err(e) = self.runtime.destroy(&id).await {
                     warn!(sandbox = %id, error = %error_chain(&e), "releasing an ended sandbox failed");
                 }
-                let _ = crate::lethe::forget(&dir).await;
+                if no_record {
+                    // A pooled sandbox never handed over (or a warming one): no logs anyone could read.
+                    let _ = tokio::fs::remove_dir_all(dir.root()).await;
+                } else {
+                    let _ = crate::lethe::forget(&dir).await;
+                }
             }
         }
     }

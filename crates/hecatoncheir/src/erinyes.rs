@@ -103,7 +103,8 @@ impl Cgroup {
         }
     }
 
-    /// Creates the cgroup with the limits of `res` (memory as [`memory_limit_bytes`]).
+    /// Creates the cgroup with the limits of `res` (memory as [`memory_limit_bytes`]), or sets
+    /// them on the cgroup if it exists.
     pub fn create(&self, res: &Resources, pids_max: u64) -> Result<(), CgroupError> {
         let mem = memory_limit_bytes(res);
         let period = 100_000u64;
@@ -116,10 +117,16 @@ impl Cgroup {
                 for c in V1_CONTROLLERS {
                     mkdir(self.dir(c))?;
                 }
-                write(&self.dir("memory").join("memory.limit_in_bytes"), &mem.to_string())?;
-                // Without swap accounting this file is absent; where present, forbid swap too.
+                // Without swap accounting memsw is absent; where present, forbid swap too. The
+                // memory+swap limit may never be below the memory limit: when an existing cgroup's
+                // limit is raised (a pooled sandbox handed over), it goes first.
                 let memsw = self.dir("memory").join("memory.memsw.limit_in_bytes");
-                if memsw.exists() {
+                let has_memsw = memsw.exists();
+                if has_memsw && read_u64(&memsw).is_some_and(|now| now < mem) {
+                    write(&memsw, &mem.to_string())?;
+                }
+                write(&self.dir("memory").join("memory.limit_in_bytes"), &mem.to_string())?;
+                if has_memsw {
                     write(&memsw, &mem.to_string())?;
                 }
                 write(&self.dir("cpu").join("cpu.cfs_period_us"), &period.to_string())?;

@@ -21,6 +21,7 @@ pub mod erinyes;
 pub mod hermes;
 pub mod lethe;
 pub mod nyx;
+pub mod pool;
 pub mod rootfs;
 pub mod runtime;
 pub mod shim;

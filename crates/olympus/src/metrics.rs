@@ -1,6 +1,8 @@
 //! Prometheus metrics of the realm, served at `/metrics`.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// The realm's metrics.
 #[derive(Clone)]
@@ -22,6 +24,10 @@ pub struct Metrics {
     pub placed: IntCounter,
     /// Nodes alive (heartbeating), by Hades.
     pub nodes_alive: IntGauge,
+    /// Pooled sandboxes ready on the nodes alive, by template.
+    pub pool_ready: IntGaugeVec,
+    /// Requests served from warm pools, by template (since the nodes' agents started).
+    pub pool_served: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -44,9 +50,21 @@ impl Default for Metrics {
         .expect("metric");
         let placed = IntCounter::new("moirai_placements_total", "Sandboxes placed on a node").expect("metric");
         let nodes_alive = IntGauge::new("hades_nodes_alive", "Nodes whose heartbeat is fresh").expect("metric");
+        let pool_ready = IntGaugeVec::new(
+            Opts::new("pool_ready", "Pooled sandboxes ready on the nodes alive, by template"),
+            &["template"],
+        )
+        .expect("metric");
+        let pool_served = IntGaugeVec::new(
+            Opts::new("pool_served", "Requests served from warm pools since the nodes' agents started, by template"),
+            &["template"],
+        )
+        .expect("metric");
         for m in [
             Box::new(placed.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(nodes_alive.clone()),
+            Box::new(pool_ready.clone()),
+            Box::new(pool_served.clone()),
             Box::new(admitted.clone()),
             Box::new(refused.clone()),
             Box::new(ended.clone()),
@@ -56,7 +74,19 @@ impl Default for Metrics {
         ] {
             registry.register(m).expect("unique metric");
         }
-        Self { registry, admitted, refused, ended, running, queue_depth, start_seconds, placed, nodes_alive }
+        Self {
+            registry,
+            admitted,
+            refused,
+            ended,
+            running,
+            queue_depth,
+            start_seconds,
+            placed,
+            nodes_alive,
+            pool_ready,
+            pool_served,
+        }
     }
 }
 

@@ -426,6 +426,10 @@ impl Moirai {
             match lachesis(&nodes, &demand, Utc::now(), self.cfg.dead_after, |n| self.nodes.reachable(n)) {
                 Err(why) => return Ok(Placement::Waiting(why)),
                 Ok(fit) => {
+                    // A node with a pooled sandbox of the template serves it fastest.
+                    let pooled: Vec<&NodeInfo> =
+                        fit.iter().copied().filter(|n| n.pool_ready(rec.spec.template.as_str()) > 0).collect();
+                    let fit = if pooled.is_empty() { fit } else { pooled };
                     let name = atropos(&fit, self.cfg.strategy).expect("fit is not empty").name.clone();
                     if tracing::enabled!(tracing::Level::DEBUG) {
                         let loads: Vec<String> =
@@ -616,6 +620,7 @@ mod tests {
             started_at: Utc::now(),
             heartbeat_at: Utc::now() - chrono::Duration::seconds(age_s),
             draining: false,
+            pools: BTreeMap::new(),
         }
     }
 

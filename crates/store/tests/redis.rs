@@ -347,6 +347,7 @@ async fn templates_are_stored_listed_and_removed() {
         image: None,
         ext4: None,
         snapshot: None,
+        pool_size: 0,
     };
     s.put_template(&tpl("python", 1)).await.unwrap();
     s.put_template(&tpl("busybox", 2)).await.unwrap();
@@ -378,6 +379,7 @@ async fn hades_keeps_draining_apart_from_heartbeats() {
         started_at: Utc::now(),
         heartbeat_at: Utc::now(),
         draining: false,
+        pools: Default::default(),
     };
     assert!(!s.set_draining("n1", true).await.unwrap(), "unknown node");
     s.heartbeat(&node("n2")).await.unwrap();

@@ -157,6 +157,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
         })
         .context("starting the heartbeat thread")?;
     tokio::spawn(agent.clone().watch_disowned(args.heartbeat.0 * 5));
+    tokio::spawn(agent.clone().keep_pools());
     let hello = tartarus_olympus::api::agents::Hello {
         node: node.clone(),
         adopted: report.adopted,
@@ -186,6 +187,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             tokio::time::sleep(Duration::from_secs(2)).await;
         } => {}
     }
+    agent_for_drain.empty_pools().await;
     if let Some(grace) = args.drain_on_shutdown {
         let order = tartarus_core::KillOrder {
             reason: tartarus_core::KillReason::Shutdown,

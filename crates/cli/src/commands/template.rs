@@ -20,7 +20,8 @@ use crate::output::{self, Format};
   tartarus template ls
   tartarus template inspect python
   tartarus template rm python && tartarus template prune
-  tartarus template warm python-ds --command python3 -c 'import pandas'")]
+  tartarus template warm python-ds --command python3 -c 'import pandas'
+  tartarus template pool python-ds 3")]
 pub enum Command {
     /// Build a template from an OCI image (registry, oci: layout, docker-archive:) or a recipe.
     Build(BuildArgs),
@@ -37,6 +38,31 @@ pub enum Command {
     /// Warm a template (Nyx): run a sandbox of it, checkpoint it, and restore later sandboxes
     /// from that snapshot instead of booting them.
     Warm(WarmArgs),
+    /// Keep sandboxes of a template ready on every node (a warm pool), so a request only runs
+    /// its command.
+    Pool(PoolArgs),
+}
+
+/// Arguments of `template pool`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  tartarus template pool busybox 3      # every node keeps 3 ready
+  tartarus template pool busybox 0      # no pool; ready sandboxes are released
+  tartarus template ls                  # POOL: ready/size on the nodes alive, and served
+
+Each node keeps SIZE sandboxes of the template running idle — restored from the template's
+snapshot when it has a usable one (`tartarus template warm`), booted otherwise — within its
+free slots and memory. A request for the template takes one: the sandbox's limits become the
+request's and the command runs in it (its record says `launched_from: pool …`). A pooled sandbox
+serves one request only and ends with it; the node starts another in the background. Olympus
+prefers nodes with one ready. Replacing or re-warming the template replaces the pooled sandboxes.")]
+pub struct PoolArgs {
+    /// The template.
+    #[arg(value_name = "NAME", value_parser = template_name)]
+    pub name: TemplateName,
+    /// Sandboxes each node keeps ready (0 to 64).
+    #[arg(value_name = "SIZE")]
+    pub size: u32,
 }
 
 /// Arguments of `template warm`.
@@ -52,7 +78,8 @@ pauses the sandbox and checkpoints it. (Processes it leaves in the background do
 with the runsc in use here, processes started by `runsc exec` come back from a restore as
 zombies.) The checkpoint is stored, compressed, in the realm's blob store; later sandboxes of the
 template are restored from it (their record says `launched_from: snapshot …`), each with a
-writable layer of its own. Warming again replaces the snapshot; `tartarus snapshot rm` drops it.")]
+writable layer of its own. Warming again replaces the snapshot; `tartarus snapshot rm` drops it.
+With --pool N every node then keeps N sandboxes restored from it ready (`tartarus template pool`).")]
 pub struct WarmArgs {
     /// The template.
     #[arg(value_name = "NAME", value_parser = template_name)]
@@ -60,6 +87,9 @@ pub struct WarmArgs {
     /// The warm-up command and its arguments (everything after --command).
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "ARGV")]
     pub command: Option<Vec<String>>,
+    /// Then keep N sandboxes of it ready on every node (a warm pool).
+    #[arg(long, value_name = "N")]
+    pub pool: Option<u32>,
 }
 
 /// Arguments of `template import`.
@@ -175,6 +205,18 @@ pub async fn execute(c: Command, g: &Global) -> anyhow::Result<i32> {
         Command::Import(a) => import(a, g).await,
         Command::Ls(a) => ls(a, g).await,
         Command::Warm(a) => warm(a, g).await,
+        Command::Pool(a) => {
+            let t = Client::new(g)?.set_pool(a.name.as_str(), a.size).await?;
+            say_pool(&t.name, t.pool_size);
+            Ok(0)
+        }
+    }
+}
+
+fn say_pool(name: &TemplateName, size: u32) {
+    match size {
+        0 => println!("template {name}: no warm pool (pooled sandboxes are released)"),
+        n => println!("template {name}: every node keeps {n} ready (filling in the background; see `tartarus template ls`)"),
     }
 }
 
@@ -193,6 +235,10 @@ async fn warm(a: WarmArgs, g: &Global) -> anyhow::Result<i32> {
         output::bytes(s.compressed_bytes),
         s.took_ms as f64 / 1000.0
     );
+    if let Some(size) = a.pool {
+        let t = client.set_pool(a.name.as_str(), size).await?;
+        say_pool(&t.name, t.pool_size);
+    }
     Ok(0)
 }
 
@@ -318,15 +364,19 @@ fn absolute_local(image: &str) -> anyhow::Result<String> {
 }
 
 async fn ls(a: LsArgs, g: &Global) -> anyhow::Result<i32> {
-    let templates = Client::new(g)?.templates().await?;
+    let (templates, pools) = Client::new(g)?.templates_and_pools().await?;
     match a.output {
-        Format::Json => output::print_json(&templates)?,
-        Format::Table => print!("{}", render(&templates, Utc::now())),
+        Format::Json => output::print_json(&serde_json::json!({ "templates": templates, "pools": pools }))?,
+        Format::Table => print!("{}", render(&templates, &pools, Utc::now())),
     }
     Ok(0)
 }
 
-fn render(templates: &[TemplateRecord], now: chrono::DateTime<Utc>) -> String {
+fn render(
+    templates: &[TemplateRecord],
+    pools: &std::collections::BTreeMap<String, crate::client::PoolView>,
+    now: chrono::DateTime<Utc>,
+) -> String {
     let rows: Vec<Vec<String>> = templates
         .iter()
         .map(|t| {
@@ -344,11 +394,15 @@ fn render(templates: &[TemplateRecord], now: chrono::DateTime<Utc>) -> String {
                     Some(s) if s.template_content != t.content_id() => format!("{} (stale)", s.id),
                     Some(s) => s.id.clone(),
                 },
+                match pools.get(t.name.as_str()) {
+                    None => "-".to_owned(),
+                    Some(p) => format!("{}/{} ({} served)", p.ready, p.size * p.nodes, p.served),
+                },
                 t.source.clone(),
             ]
         })
         .collect();
-    output::table(&["NAME", "SIZE", "DIGEST", "CREATED", "SNAPSHOT", "SOURCE"], &rows)
+    output::table(&["NAME", "SIZE", "DIGEST", "CREATED", "SNAPSHOT", "POOL", "SOURCE"], &rows)
 }
 
 #[cfg(test)]
@@ -378,8 +432,10 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            render(&[t], now),
-            "NAME     SIZE     DIGEST  CREATED  SNAPSHOT  SOURCE\nbusybox  1.9 MiB  -       1h ago   -         /srv/busybox\n"
+            render(std::slice::from_ref(&t), &Default::default(), now),
+            "NAME     SIZE     DIGEST  CREATED  SNAPSHOT  POOL  SOURCE\nbusybox  1.9 MiB  -       1h ago   -         -     /srv/busybox\n"
         );
+        let pools = [("busybox".to_owned(), crate::client::PoolView { size: 3, ready: 2, served: 7, nodes: 1 })];
+        assert!(render(&[t], &pools.into_iter().collect(), now).contains("  2/3 (7 served)  "));
     }
 }

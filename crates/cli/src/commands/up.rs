@@ -91,6 +91,8 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     // Fresh in Hades before Olympus looks: an old heartbeat would make the node look dead.
     state.hades.heartbeat(&agent.node_info()).await.context("registering the node")?;
     tokio::spawn(agent.clone().heartbeats(state.hades.clone(), HEARTBEAT));
+    tokio::spawn(agent.clone().keep_pools());
+    let pools = agent.clone();
     let olympus = Olympus::start(
         OlympusConfig {
             admin_token: token,
@@ -120,6 +122,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
         format!("runtime {describe}"),
     ])?;
     olympus.serve(listener, daemon::shutdown_signal()).await.context("serving the API")?;
+    pools.empty_pools().await;
     eprintln!("tartarus: stopped; running sandboxes keep running and are re-adopted by the next `tartarus up`");
     Ok(0)
 }

@@ -159,6 +159,23 @@ pub trait Runtime: Send + Sync {
     async fn restore(&self, spec: &LaunchSpec, dir: &SandboxDir, image_dir: &Path)
         -> Result<MainCommand, RuntimeError>;
 
+    /// Takes over `pooled`, a sandbox prepared ahead for a warm pool (a session, booted or
+    /// restored), as sandbox `spec.id`: from now on `spec.id` names it in every call, its limits
+    /// become `spec.resources`, and the returned command runs `spec`'s command inside it (or, for
+    /// a session, a keeper). The agent has already moved `pooled`'s directory to `dir`.
+    async fn hand_over(
+        &self,
+        pooled: &SandboxId,
+        spec: &LaunchSpec,
+        dir: &SandboxDir,
+    ) -> Result<MainCommand, RuntimeError> {
+        let _ = (pooled, dir);
+        Err(RuntimeError::Refused {
+            operation: format!("handing a pooled sandbox over as {}", spec.id),
+            message: format!("the {} runtime keeps no warm pools", self.name()),
+        })
+    }
+
     /// What the runtime knows of `id` (`None`: nothing).
     async fn status(&self, id: &SandboxId) -> Result<Option<RuntimeStatus>, RuntimeError>;
 

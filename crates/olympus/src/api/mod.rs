@@ -118,7 +118,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
     paths(
         sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::kill, sandboxes::exec, sandboxes::logs,
         sandboxes::pause, sandboxes::resume, templates::list, templates::import, templates::build, templates::inspect,
-        templates::remove, templates::prune, templates::warm, templates::snapshots, templates::remove_snapshot, realm::nodes, realm::drain, realm::undrain, realm::failures,
+        templates::remove, templates::prune, templates::warm, templates::set_pool, templates::snapshots, templates::remove_snapshot, realm::nodes, realm::drain, realm::undrain, realm::failures,
         realm::reconcile, realm::healthz, realm::metrics, agents::hello
     ),
     components(schemas(
@@ -128,7 +128,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
         tartarus_core::ExitInfo, tartarus_core::TemplateRecord, tartarus_core::NodeInfo, crate::error::ErrorBody,
         sandboxes::SandboxList, sandboxes::ExecResult, templates::TemplateList, templates::ImportRequest, templates::BuildRequest, templates::PruneResult,
         tartarus_core::ImageInfo, tartarus_core::ImageDefaults, tartarus_core::SnapshotInfo, templates::WarmRequest,
-        templates::SnapshotEntry, templates::SnapshotList, realm::NodeList, realm::NodeView, realm::FailureList,
+        templates::SnapshotEntry, templates::SnapshotList, templates::PoolRequest, templates::PoolView, tartarus_core::PoolCount, realm::NodeList, realm::NodeView, realm::FailureList,
         tartarus_core::Failure, tartarus_core::Capacity, tartarus_core::NodeState, crate::reconcile::ReconcileReport, agents::Hello
     )),
     modifiers(&BearerAuth)
@@ -164,6 +164,7 @@ pub fn router(ctx: Ctx, cerberus: Cerberus) -> Router {
         .route("/templates/prune", post(templates::prune))
         .route("/templates/{name}", get(templates::inspect).delete(templates::remove))
         .route("/templates/{name}/warm", post(templates::warm))
+        .route("/templates/{name}/pool", axum::routing::put(templates::set_pool))
         .route("/templates/{name}/snapshot", axum::routing::delete(templates::remove_snapshot))
         .route("/snapshots", get(templates::snapshots))
         .route("/nodes", get(realm::nodes))

@@ -179,6 +179,16 @@ pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         ctx.metrics.nodes_alive.set(alive.len() as i64);
         ctx.metrics.running.set(alive.iter().map(|n| i64::from(n.used.slots)).sum());
     }
+    if let Ok(templates) = ctx.state.templates.templates().await {
+        if let Ok(pools) = super::templates::pool_views(&ctx, &templates).await {
+            ctx.metrics.pool_ready.reset();
+            ctx.metrics.pool_served.reset();
+            for (name, view) in pools {
+                ctx.metrics.pool_ready.with_label_values(&[name.as_str()]).set(i64::from(view.ready));
+                ctx.metrics.pool_served.with_label_values(&[name.as_str()]).set(view.served as i64);
+            }
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], ctx.metrics.render())
 }
 

@@ -18,6 +18,49 @@ use crate::error::{ApiError, ErrorBody};
 pub struct TemplateList {
     /// By name.
     pub templates: Vec<TemplateRecord>,
+    /// Warm pools on the nodes alive now, by template name (templates with a pool, or with
+    /// sandboxes still pooled).
+    pub pools: std::collections::BTreeMap<String, PoolView>,
+}
+
+/// A template's warm pools across the realm.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct PoolView {
+    /// Sandboxes each node keeps ready.
+    pub size: u32,
+    /// Sandboxes ready now, all nodes together.
+    pub ready: u32,
+    /// Requests served from a pool since the nodes' agents started.
+    pub served: u64,
+    /// Nodes alive now.
+    pub nodes: u32,
+}
+
+/// The warm pools of `templates` as the nodes alive now report them.
+pub async fn pool_views(
+    ctx: &Ctx,
+    templates: &[TemplateRecord],
+) -> Result<std::collections::BTreeMap<String, PoolView>, ApiError> {
+    let mut out: std::collections::BTreeMap<String, PoolView> = templates
+        .iter()
+        .filter(|t| t.pool_size > 0)
+        .map(|t| (t.name.to_string(), PoolView { size: t.pool_size, ..Default::default() }))
+        .collect();
+    let now = Utc::now();
+    let nodes = ctx.moirai.nodes().await?;
+    let alive: Vec<_> =
+        nodes.iter().filter(|n| n.state(now, ctx.moirai.cfg.dead_after) != tartarus_core::NodeState::Dead).collect();
+    for view in out.values_mut() {
+        view.nodes = alive.len() as u32;
+    }
+    for n in alive {
+        for (name, count) in &n.pools {
+            let view = out.entry(name.clone()).or_default();
+            view.ready += count.ready;
+            view.served += count.served;
+        }
+    }
+    Ok(out)
 }
 
 /// Import a directory as a template.
@@ -37,7 +80,9 @@ pub struct ImportRequest {
 /// Every template.
 #[utoipa::path(get, path = "/v1/templates", responses((status = 200, body = TemplateList)))]
 pub async fn list(State(ctx): State<Ctx>) -> Result<Json<TemplateList>, ApiError> {
-    Ok(Json(TemplateList { templates: ctx.state.templates.templates().await? }))
+    let templates = ctx.state.templates.templates().await?;
+    let pools = pool_views(&ctx, &templates).await?;
+    Ok(Json(TemplateList { templates, pools }))
 }
 
 /// Copy a root filesystem directory into the realm as a new template.
@@ -105,6 +150,7 @@ pub async fn import(
         created_at: Utc::now(),
         image: None,
         ext4: None,
+        pool_size: old.as_ref().map_or(0, |o| o.pool_size),
         snapshot: old.and_then(|o| o.snapshot),
     };
     ctx.state.templates.put_template(&rec).await?;
@@ -349,6 +395,7 @@ async fn run_build(
             image: Some(built.image),
             ext4: built.ext4,
             snapshot: None,
+            pool_size: 0,
         };
         ctx.state.templates.put_template(&rec).await?;
         tracing::info!(template = %rec.name, source = %rec.source, bytes = rec.size_bytes, "template built");
@@ -592,4 +639,43 @@ pub async fn remove_snapshot(
     let snap = rec.snapshot.take().ok_or_else(|| ApiError::NotFound(format!("template {name} has no snapshot")))?;
     ctx.state.templates.put_template(&rec).await?;
     Ok(Json(snap))
+}
+
+/// A warm pool's size.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRequest {
+    /// Sandboxes every node keeps ready for the template (0 to 64; 0 empties the pools).
+    pub size: u32,
+}
+
+/// Set how many sandboxes of the template every node keeps ready (a warm pool). Nodes fill
+/// their pools in the background — restored from the template's snapshot when it has a usable
+/// one — and hand one over to each request, which then only runs its command.
+#[utoipa::path(put, path = "/v1/templates/{name}/pool", request_body = PoolRequest,
+    params(("name" = String, Path, description = "Template name")),
+    responses((status = 200, body = TemplateRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_pool(
+    State(ctx): State<Ctx>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Body(req): Body<PoolRequest>,
+) -> Result<Json<TemplateRecord>, ApiError> {
+    let name = TemplateName::parse(&name).map_err(|_| ApiError::TemplateNotFound(format!("no template {name:?}")))?;
+    if req.size > tartarus_core::MAX_POOL_SIZE {
+        return Err(ApiError::InvalidRequest(format!(
+            "size: {} is more than {} sandboxes per node",
+            req.size,
+            tartarus_core::MAX_POOL_SIZE
+        )));
+    }
+    let _guard = ctx.imports.lock().await;
+    let mut rec = ctx
+        .state
+        .templates
+        .template(&name)
+        .await?
+        .ok_or_else(|| ApiError::TemplateNotFound(format!("no template {name}")))?;
+    rec.pool_size = req.size;
+    ctx.state.templates.put_template(&rec).await?;
+    Ok(Json(rec))
 }

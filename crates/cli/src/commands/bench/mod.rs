@@ -54,6 +54,7 @@ pub enum Command {
   sudo tartarus bench start --template busybox -n 50
   sudo tartarus bench start --template busybox -n 20 --platform ptrace -o table
   sudo tartarus bench start --template busybox --from cold --from snapshot -n 30
+  sudo tartarus bench start --template busybox --from cold --from snapshot --from pool -n 30
   sudo tartarus bench start --template python-ds --from cold --from snapshot -n 10 \\
       --warm-command \"python3 -c 'import pandas'\" -- python3 -c 'import pandas; print(1)'
 
@@ -63,7 +64,10 @@ snapshot raw `runsc restore -detach` of the same snapshot plus `runsc exec` of t
 its exit; teardown untimed, as the realm records the exit before it releases the sandbox).
 Snapshot rounds use a copy of the template (imported from its rootfs, warmed, removed at the
 end), so the template itself is never changed; cold rounds use a copy too when the template has
-a snapshot. A copy keeps the rootfs, not an image's defaults (entrypoint, env, user).
+a snapshot. A copy keeps the rootfs, not an image's defaults (entrypoint, env, user). Pool
+rounds use a copy with a warm pool of 2 (warmed first when --warm-command is given, so pooled
+sandboxes are restored from its snapshot); each round waits, untimed, until one is ready, and a
+run not served from the pool counts as a failure.
 
 Progress goes to stderr, the result to stdout. Exit code 1 when any measured run failed.")]
 pub struct StartArgs {
@@ -81,12 +85,12 @@ pub struct StartArgs {
     /// The runsc of the raw runs (default: the one the runtime finds).
     #[arg(long, value_name = "PATH")]
     pub runsc: Option<PathBuf>,
-    /// Launch paths to time through the realm (repeatable): cold (boot) or snapshot (restored
-    /// by Nyx from a warmed copy of the template).
+    /// Launch paths to time through the realm (repeatable): cold (boot), snapshot (restored
+    /// by Nyx from a warmed copy of the template), or pool (handed over from a warm pool).
     #[arg(long = "from", value_enum, default_values_t = [From::Cold])]
     pub from: Vec<From>,
-    /// For --from snapshot: the warm-up run before the checkpoint, a shell command line run
-    /// with `sh -c` (e.g. "python3 -c 'import pandas'").
+    /// For --from snapshot (and pool): the warm-up run before the checkpoint, a shell command
+    /// line run with `sh -c` (e.g. "python3 -c 'import pandas'").
     #[arg(long, value_name = "SCRIPT")]
     pub warm_command: Option<String>,
     /// Output format.
@@ -104,6 +108,8 @@ pub enum From {
     Cold,
     /// The sandbox is restored from the template's Nyx snapshot.
     Snapshot,
+    /// A sandbox kept ready in the template's warm pool is handed over and runs the command.
+    Pool,
 }
 
 impl From {
@@ -111,6 +117,7 @@ impl From {
         match self {
             Self::Cold => "tartarus-cold",
             Self::Snapshot => "tartarus-snapshot",
+            Self::Pool => "tartarus-pool",
         }
     }
 }
@@ -186,6 +193,9 @@ struct Report {
     /// The first realm path's p50 over runsc-run's.
     ratio_p50: Option<f64>,
     overhead_p50_ms: Option<f64>,
+    /// tartarus-cold p50 over tartarus-pool p50 (how many times faster the pool is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cold_over_pool_p50: Option<f64>,
     /// tartarus-cold p50 over tartarus-snapshot p50 (how many times faster the snapshot is).
     #[serde(skip_serializing_if = "Option::is_none")]
     cold_over_snapshot_p50: Option<f64>,
@@ -308,14 +318,32 @@ impl RawSetup {
     }
 }
 
-/// One sandbox through the realm, waiting for its end; its time, or why it failed.
-async fn tartarus_once(client: &Client, soul: &SoulRequest) -> Result<Duration, String> {
+/// One sandbox through the realm, waiting for its end; its time, or why it failed (also when
+/// it was not launched the way `path` measures).
+async fn tartarus_once(client: &Client, soul: &SoulRequest, path: From) -> Result<Duration, String> {
     let start = Instant::now();
     let rec = client.create(soul, true).await.map_err(|e| format!("{e:#}"))?;
     let elapsed = start.elapsed();
+    let from = rec.launched_from.as_deref().unwrap_or_default();
     match (rec.state, rec.exit_code) {
+        (SandboxState::Exited, Some(0)) if path == From::Pool && !from.starts_with("pool ") => {
+            Err(format!("sandbox {} not served from the pool (launched from {from})", rec.id))
+        }
         (SandboxState::Exited, Some(0)) => Ok(elapsed),
         _ => Err(format!("sandbox {} {}", rec.id, rec.outcome())),
+    }
+}
+
+/// Waits (untimed, at most a minute) until template `name`'s pool has a sandbox ready.
+async fn pool_ready(client: &Client, name: &str) -> anyhow::Result<()> {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, pools) = client.templates_and_pools().await?;
+        if pools.get(name).is_some_and(|p| p.ready > 0) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < give_up, "the warm pool of {name} has no sandbox ready after a minute");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -355,8 +383,12 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
         for f in &from {
             let name = match f {
                 From::Cold if template.snapshot.is_none() => template.name.to_string(),
-                From::Cold | From::Snapshot => {
-                    let kind = if *f == From::Cold { "cold" } else { "snap" };
+                From::Cold | From::Snapshot | From::Pool => {
+                    let kind = match f {
+                        From::Cold => "cold",
+                        From::Snapshot => "snap",
+                        From::Pool => "pool",
+                    };
                     let name = format!("bench-{kind}-{}", std::process::id());
                     eprintln!("bench: copying template {} as {name}", template.name);
                     client.import_template(&name, &template.rootfs).await.context("cannot copy the template")?;
@@ -377,6 +409,15 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
                     dir.display()
                 );
                 image = Some(dir);
+            }
+            if *f == From::Pool {
+                if let Some(w) = &warm {
+                    eprintln!("bench: warming {name} for its pool");
+                    client.warm_template(&name, Some(w)).await.context("cannot warm the bench's pool template")?;
+                }
+                client.set_pool(&name, 2).await.context("cannot give the bench's copy a warm pool")?;
+                eprintln!("bench: waiting for {name}'s warm pool");
+                pool_ready(&client, &name).await?;
             }
             paths.push((*f, name));
         }
@@ -417,8 +458,11 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
         let measured = round >= WARM_UP;
         let mut line = Vec::new();
         let mut results = Vec::new();
-        for (_, t) in &paths {
-            results.push(tartarus_once(&client, &soul_of(t)).await);
+        for (f, t) in &paths {
+            if *f == From::Pool {
+                pool_ready(&client, t).await?;
+            }
+            results.push(tartarus_once(&client, &soul_of(t), *f).await);
         }
         results.push(setup.once(&round.to_string()).await);
         if restores {
@@ -494,11 +538,17 @@ fn report(results: Vec<Summary>) -> Report {
         (Some(t), Some(r)) => (None, Some(round3(t - r))),
         _ => (None, None),
     };
-    let snapshot_vs_cold = match (p50("tartarus-snapshot"), p50("tartarus-cold")) {
+    let cold_over = |other: &str| match (p50(other), p50("tartarus-cold")) {
         (Some(s), Some(c)) if s > 0.0 => Some(round3(c / s)),
         _ => None,
     };
-    Report { results, ratio_p50: ratio, overhead_p50_ms: overhead, cold_over_snapshot_p50: snapshot_vs_cold }
+    Report {
+        cold_over_snapshot_p50: cold_over("tartarus-snapshot"),
+        cold_over_pool_p50: cold_over("tartarus-pool"),
+        results,
+        ratio_p50: ratio,
+        overhead_p50_ms: overhead,
+    }
 }
 
 fn render(r: &Report) -> String {

@@ -8,8 +8,10 @@
 
 pub mod bundle;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tartarus_core::{SandboxId, SandboxStats};
@@ -165,6 +167,9 @@ pub struct Gvisor {
     session_init: PathBuf,
     cgroup_mount: PathBuf,
     cgroups: CgroupVersion,
+    /// Sandboxes handed over from a warm pool: the sandbox's id → the id `runsc` and the cgroup
+    /// know it by. Kept on disk too ([`Gvisor::alias_dir`]), so a restarted agent finds them.
+    aliases: Mutex<HashMap<SandboxId, SandboxId>>,
 }
 
 /// Creating the gVisor runtime failed.
@@ -211,6 +216,7 @@ impl Gvisor {
             .map_err(|source| GvisorSetupError::StateRoot { path: cfg.state_root.clone(), source })?;
         let cgroups = CgroupVersion::detect(&cfg.cgroup_mount)
             .map_err(|source| GvisorSetupError::Cgroups { path: cfg.cgroup_mount.clone(), source })?;
+        let aliases = read_aliases(&Self::alias_dir_of(&cfg.state_root));
         Ok(Self {
             runsc,
             platform,
@@ -218,7 +224,47 @@ impl Gvisor {
             session_init: cfg.session_init,
             cgroup_mount: cfg.cgroup_mount,
             cgroups,
+            aliases: Mutex::new(aliases),
         })
+    }
+
+    fn alias_dir_of(state_root: &Path) -> PathBuf {
+        state_root.join("tartarus-aliases")
+    }
+
+    /// Where handovers are written down: one file per handed-over sandbox, holding the pooled id.
+    fn alias_dir(&self) -> PathBuf {
+        Self::alias_dir_of(&self.state_root)
+    }
+
+    /// The name `runsc` and the cgroup know sandbox `id` by (another for a handed-over one).
+    fn cid(&self, id: &SandboxId) -> SandboxId {
+        self.aliases.lock().expect("lock").get(id).cloned().unwrap_or_else(|| id.clone())
+    }
+
+    /// The command running `spec`'s command (or a session's keeper) inside the running sandbox
+    /// as its main process, its in-sandbox pid written down for [`Runtime::signal_main`].
+    fn exec_main(&self, spec: &LaunchSpec, dir: &SandboxDir) -> Result<MainCommand, RuntimeError> {
+        let argv = spec.command.clone().unwrap_or_else(bundle::session_keeper);
+        let process = bundle::exec_process(&ExecSpec {
+            command: argv,
+            env: spec.env.clone(),
+            workdir: spec.workdir.clone(),
+            user: spec.user,
+            scratch: dir.root().join("main"),
+        });
+        let file = dir.root().join("main.process.json");
+        crate::lethe::write_atomic(&file, process.as_bytes())
+            .map_err(|source| RuntimeError::Prepare { path: file.clone(), source })?;
+        let mut argv = vec![self.runsc.path.display().to_string()];
+        argv.extend(self.base_args());
+        argv.extend([
+            "exec".into(),
+            format!("--process={}", file.display()),
+            format!("--internal-pid-file={}", main_pid_file(dir).display()),
+            self.cid(&spec.id).to_string(),
+        ]);
+        Ok(MainCommand { argv })
     }
 
     /// The probed `runsc`.
@@ -233,7 +279,7 @@ impl Gvisor {
 
     /// The cgroup of sandbox `id`.
     pub fn cgroup(&self, id: &SandboxId) -> Cgroup {
-        Cgroup::new(&self.cgroup_mount, self.cgroups, &format!("/tartarus/{id}"))
+        Cgroup::new(&self.cgroup_mount, self.cgroups, &format!("/tartarus/{}", self.cid(id)))
     }
 
     fn base_args(&self) -> Vec<String> {
@@ -308,7 +354,7 @@ impl Runtime for Gvisor {
             "exec".into(),
             format!("--process={}", file.display()),
             format!("--internal-pid-file={}", spec.scratch.with_extension("pid").display()),
-            id.to_string(),
+            self.cid(id).to_string(),
         ];
         self.command(&args)
             .stdout(Stdio::piped())
@@ -322,7 +368,7 @@ impl Runtime for Gvisor {
         let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<u32>().ok()) else {
             return Ok(()); // never started inside the sandbox
         };
-        let args = ["kill".into(), format!("--pid={pid}"), id.to_string(), "KILL".into()];
+        let args = ["kill".into(), format!("--pid={pid}"), self.cid(id).to_string(), "KILL".into()];
         match self.runsc_ok("kill", &args).await {
             Err(RuntimeError::Refused { message, .. }) if message.contains("no such process") => Ok(()),
             other => other.map(drop),
@@ -334,7 +380,7 @@ impl Runtime for Gvisor {
         if all {
             args.push("--all".into());
         }
-        args.extend([id.to_string(), signal.to_string()]);
+        args.extend([self.cid(id).to_string(), signal.to_string()]);
         match self.runsc_ok("kill", &args).await {
             Err(e) if Self::not_found(&e) => Err(RuntimeError::NotFound(id.clone())),
             other => other.map(drop),
@@ -346,7 +392,7 @@ impl Runtime for Gvisor {
         // runsc wrote down; booted ones have it as init.
         let pid = std::fs::read_to_string(main_pid_file(dir)).ok().and_then(|p| p.trim().parse::<u32>().ok());
         let Some(pid) = pid else { return self.kill(id, signal, false).await };
-        let args = ["kill".into(), format!("--pid={pid}"), id.to_string(), signal.to_string()];
+        let args = ["kill".into(), format!("--pid={pid}"), self.cid(id).to_string(), signal.to_string()];
         match self.runsc_ok("kill", &args).await {
             Err(e) if Self::not_found(&e) => Err(RuntimeError::NotFound(id.clone())),
             other => other.map(drop),
@@ -354,11 +400,11 @@ impl Runtime for Gvisor {
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
-        self.runsc_ok("pause", &["pause".into(), id.to_string()]).await.map(drop)
+        self.runsc_ok("pause", &["pause".into(), self.cid(id).to_string()]).await.map(drop)
     }
 
     async fn resume(&self, id: &SandboxId) -> Result<(), RuntimeError> {
-        self.runsc_ok("resume", &["resume".into(), id.to_string()]).await.map(drop)
+        self.runsc_ok("resume", &["resume".into(), self.cid(id).to_string()]).await.map(drop)
     }
 
     async fn checkpoint(&self, id: &SandboxId, image_dir: &Path) -> Result<(), RuntimeError> {
@@ -371,7 +417,7 @@ impl Runtime for Gvisor {
             "--leave-running".into(),
             "--compression=none".into(),
             format!("--image-path={}", image_dir.display()),
-            id.to_string(),
+            self.cid(id).to_string(),
         ];
         self.runsc_ok("checkpoint", &args).await.map(drop)
     }
@@ -414,30 +460,27 @@ impl Runtime for Gvisor {
             let message = tail.into_iter().rev().collect::<Vec<_>>().join(" / ");
             return Err(RuntimeError::Refused { operation: "runsc restore".into(), message });
         }
-        let argv = spec.command.clone().unwrap_or_else(bundle::session_keeper);
-        let process = bundle::exec_process(&ExecSpec {
-            command: argv,
-            env: spec.env.clone(),
-            workdir: spec.workdir.clone(),
-            user: spec.user,
-            scratch: dir.root().join("main"),
-        });
-        let file = dir.root().join("main.process.json");
-        crate::lethe::write_atomic(&file, process.as_bytes())
-            .map_err(|source| RuntimeError::Prepare { path: file.clone(), source })?;
-        let mut argv = vec![self.runsc.path.display().to_string()];
-        argv.extend(self.base_args());
-        argv.extend([
-            "exec".into(),
-            format!("--process={}", file.display()),
-            format!("--internal-pid-file={}", main_pid_file(dir).display()),
-            spec.id.to_string(),
-        ]);
-        Ok(MainCommand { argv })
+        self.exec_main(spec, dir)
+    }
+
+    async fn hand_over(
+        &self,
+        pooled: &SandboxId,
+        spec: &LaunchSpec,
+        dir: &SandboxDir,
+    ) -> Result<MainCommand, RuntimeError> {
+        let dir_path = self.alias_dir();
+        std::fs::create_dir_all(&dir_path).map_err(|source| RuntimeError::Prepare { path: dir_path.clone(), source })?;
+        let file = dir_path.join(spec.id.as_str());
+        crate::lethe::write_atomic(&file, pooled.as_str().as_bytes())
+            .map_err(|source| RuntimeError::Prepare { path: file, source })?;
+        self.aliases.lock().expect("lock").insert(spec.id.clone(), pooled.clone());
+        self.cgroup(&spec.id).create(&spec.resources, crate::erinyes::PIDS_MAX)?;
+        self.exec_main(spec, dir)
     }
 
     async fn status(&self, id: &SandboxId) -> Result<Option<RuntimeStatus>, RuntimeError> {
-        let out = match self.runsc_ok("state", &["state".into(), id.to_string()]).await {
+        let out = match self.runsc_ok("state", &["state".into(), self.cid(id).to_string()]).await {
             Err(e) if Self::not_found(&e) => return Ok(None),
             other => other?,
         };
@@ -466,13 +509,32 @@ impl Runtime for Gvisor {
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<SandboxStats, RuntimeError> {
-        let deleted = match self.runsc_ok("delete", &["delete".into(), "--force".into(), id.to_string()]).await {
+        let cid = self.cid(id);
+        let deleted = match self.runsc_ok("delete", &["delete".into(), "--force".into(), cid.to_string()]).await {
             Err(e) if !Self::not_found(&e) => Err(e),
             _ => Ok(()),
         };
         // The cgroup goes whatever runsc said: an empty one is removable, a busy one says so.
         let cgroup = self.cgroup(id);
         let stats = tokio::task::spawn_blocking(move || cgroup.remove()).await.expect("cgroup task panicked")?;
-        deleted.map(|()| stats)
+        deleted?;
+        if cid != *id {
+            let _ = std::fs::remove_file(self.alias_dir().join(id.as_str()));
+            self.aliases.lock().expect("lock").remove(id);
+        }
+        Ok(stats)
     }
+}
+
+/// The handovers written down in `dir` (unreadable entries are skipped).
+fn read_aliases(dir: &Path) -> HashMap<SandboxId, SandboxId> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return HashMap::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let id = SandboxId::parse(e.file_name().to_str()?).ok()?;
+            let pooled = SandboxId::parse(std::fs::read_to_string(e.path()).ok()?.trim()).ok()?;
+            Some((id, pooled))
+        })
+        .collect()
 }
