@@ -327,6 +327,22 @@ impl Client {
         Ok((list.templates, list.pools))
     }
 
+    /// `POST /v1/sandboxes/{id}/sleep` (Hypnos).
+    pub async fn sleep(&self, id: &SandboxId) -> anyhow::Result<SandboxRecord> {
+        self.json(self.request(Method::POST, &format!("/v1/sandboxes/{id}/sleep")), "sandbox").await
+    }
+
+    /// `POST /v1/sandboxes/{id}/wake[?wait=true]` (Hypnos).
+    pub async fn wake(&self, id: &SandboxId, wait: bool) -> anyhow::Result<SandboxRecord> {
+        let rb = self.request(Method::POST, &format!("/v1/sandboxes/{id}/wake")).query(&[("wait", wait)]);
+        self.json(rb, "sandbox").await
+    }
+
+    /// `GET /v1/sleeping` (Hypnos).
+    pub async fn sleeping(&self) -> anyhow::Result<serde_json::Value> {
+        self.json(self.request(Method::GET, "/v1/sleeping"), "sleeping list").await
+    }
+
     /// `PUT /v1/templates/{name}/pool`: every node keeps `size` sandboxes of it ready.
     pub async fn set_pool(&self, name: &str, size: u32) -> anyhow::Result<TemplateRecord> {
         let body = serde_json::json!({ "size": size });

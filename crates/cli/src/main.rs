@@ -43,6 +43,12 @@ enum Command {
     Exec(commands::exec::Args),
     /// Kill a sandbox.
     Kill(commands::kill::Args),
+    /// Put sandboxes to sleep (Hypnos): checkpointed to storage, their node released.
+    Sleep(commands::hypnos::SleepArgs),
+    /// Wake sleeping sandboxes (Hypnos): restored where they were, on any node.
+    Wake(commands::hypnos::WakeArgs),
+    /// List sleeping sandboxes with their checkpoint sizes and times (Hypnos).
+    Sleeping(commands::hypnos::SleepingArgs),
     /// List the realm's nodes, or drain one.
     #[command(subcommand)]
     Node(commands::node::Command),
@@ -87,6 +93,9 @@ fn main() {
             Command::Logs(a) => commands::logs::execute(a, &g).await,
             Command::Exec(a) => commands::exec::execute(a, &g).await,
             Command::Kill(a) => commands::kill::execute(a, &g).await,
+            Command::Sleep(a) => commands::hypnos::sleep(a, &g).await,
+            Command::Wake(a) => commands::hypnos::wake(a, &g).await,
+            Command::Sleeping(a) => commands::hypnos::sleeping(a, &g).await,
             Command::Template(c) => commands::template::execute(c, &g).await,
             Command::Snapshot(c) => commands::snapshot::execute(c, &g).await,
             Command::Doctor(a) => commands::doctor::execute(a, &g).await,

@@ -28,7 +28,7 @@ pub use node::{Capacity, NodeInfo, NodeState, PoolCount};
 pub use output::{ExecRequest, ExitInfo, OutputEvent, Stream};
 pub use sandbox::{
     parse_signal, signal_name, KillOrder, KillReason, PhaseAt, SandboxEvent, SandboxRecord, SandboxState, SandboxStats,
-    Termination, TerminationPhase, TerminationReason,
+    SleepInfo, Termination, TerminationPhase, TerminationReason,
 };
 pub use soul::{
     HeatLevel, HumanDuration, NetworkContract, ResourceClass, Resources, SandboxSpec, SoulRequest, SpecError,

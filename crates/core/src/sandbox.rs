@@ -23,6 +23,9 @@ pub enum SandboxState {
     Running,
     /// Frozen by the runtime.
     Paused,
+    /// Put to sleep by Hypnos: checkpointed to the blob store, holding no node (see `sleep`);
+    /// `wake` restores it, on any node of its runtime.
+    Sleeping,
     /// The main process exited by itself (see `exit_code`).
     Exited,
     /// Ended by Tartarus (see `kill_reason`).
@@ -46,6 +49,7 @@ impl SandboxState {
             Self::Starting => "starting",
             Self::Running => "running",
             Self::Paused => "paused",
+            Self::Sleeping => "sleeping",
             Self::Exited => "exited",
             Self::Killed => "killed",
             Self::Failed => "failed",
@@ -60,6 +64,7 @@ impl SandboxState {
             Self::Starting,
             Self::Running,
             Self::Paused,
+            Self::Sleeping,
             Self::Exited,
             Self::Killed,
             Self::Failed,
@@ -89,6 +94,8 @@ pub enum KillReason {
     /// Its node's agent shut down with `--drain-on-shutdown`.
     #[serde(rename = "system_shutdown")]
     Shutdown,
+    /// Hypnos: it slept longer than its `max_sleep`.
+    SleptTooLong,
 }
 
 impl KillReason {
@@ -102,6 +109,7 @@ impl KillReason {
             Self::Requested => "requested",
             Self::NodeDrain => "node_drain",
             Self::Shutdown => "system_shutdown",
+            Self::SleptTooLong => "slept_too_long",
         }
     }
 
@@ -115,6 +123,7 @@ impl KillReason {
             Self::Requested => "killed on request",
             Self::NodeDrain => "evicted from a drained node",
             Self::Shutdown => "ended as its node shut down",
+            Self::SleptTooLong => "slept longer than its max_sleep",
         }
     }
 }
@@ -197,7 +206,7 @@ impl TerminationReason {
     /// The reason of a kill.
     pub fn of(k: KillReason) -> Self {
         match k {
-            KillReason::Timeout | KillReason::Idle => Self::Timeout,
+            KillReason::Timeout | KillReason::Idle | KillReason::SleptTooLong => Self::Timeout,
             KillReason::OutOfMemory | KillReason::DiskLimit => Self::ResourceLimit,
             KillReason::Requested => Self::UserRequest,
             KillReason::NodeDrain => Self::NodeDrain,
@@ -257,6 +266,25 @@ pub struct SandboxEvent {
     pub kind: String,
     /// For people.
     pub message: String,
+}
+
+/// A sleeping sandbox's checkpoint (Hypnos).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SleepInfo {
+    /// When it fell asleep.
+    pub slept_at: DateTime<Utc>,
+    /// The node it slept on.
+    pub node: String,
+    /// Digest of the compressed checkpoint in the blob store.
+    pub artifact: String,
+    /// Bytes of the checkpoint (its memory and state) before compression.
+    pub memory_bytes: u64,
+    /// Bytes stored (zstd).
+    pub compressed_bytes: u64,
+    /// The runtime and version that took it (only the same one can restore it).
+    pub runtime_version: String,
+    /// Pause, checkpoint, compress and store, milliseconds.
+    pub took_ms: u64,
 }
 
 /// Resource use measured by the node (Hermes).
@@ -323,9 +351,19 @@ pub struct SandboxRecord {
     /// How it died (Thanatos), once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination: Option<Termination>,
-    /// What was noticed while it ran (Tisiphone's memory warnings).
+    /// What was noticed while it ran (Tisiphone's memory warnings, Hypnos's sleeps and wakes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<SandboxEvent>,
+    /// While it sleeps (and while it is being woken): its checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<SleepInfo>,
+    /// Time spent asleep, all sleeps together, milliseconds (not counted against `max_duration`).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub slept_ms: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -353,6 +391,8 @@ impl SandboxRecord {
             launched_from: None,
             termination: None,
             events: Vec::new(),
+            sleep: None,
+            slept_ms: 0,
         }
     }
 
@@ -378,7 +418,7 @@ mod tests {
 
     #[test]
     fn state_names_round_trip() {
-        for s in ["queued", "starting", "running", "paused", "exited", "killed", "failed", "lost"] {
+        for s in ["queued", "starting", "running", "paused", "sleeping", "exited", "killed", "failed", "lost"] {
             let st = SandboxState::parse(s).unwrap();
             assert_eq!(st.as_str(), s);
             assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{s}\""));

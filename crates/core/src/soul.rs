@@ -147,6 +147,16 @@ pub struct SoulRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "5m")]
     pub idle_timeout: Option<HumanDuration>,
+    /// Session sandboxes only, with Hypnos enabled: put it to sleep after this long without an
+    /// `exec` (instead of ending it at its idle timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "10m")]
+    pub sleep_after: Option<HumanDuration>,
+    /// How long it may sleep before it is ended (reason `slept_too_long`). Default 24 hours, at
+    /// most 30 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "24h")]
+    pub max_sleep: Option<HumanDuration>,
     /// The network contract. Only `none` for now.
     #[serde(default)]
     pub network: NetworkContract,
@@ -187,6 +197,12 @@ pub struct SandboxSpec {
     pub max_duration_ms: u64,
     /// Idle limit in milliseconds (session sandboxes).
     pub idle_timeout_ms: Option<u64>,
+    /// Idle time after which Hypnos puts a session to sleep, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_after_ms: Option<u64>,
+    /// Longest sleep, milliseconds.
+    #[serde(default = "default_max_sleep_ms")]
+    pub max_sleep_ms: u64,
     /// Network contract.
     pub network: NetworkContract,
     /// Labels.
@@ -209,6 +225,10 @@ pub struct SandboxSpec {
 /// The runtimes a request may name.
 pub const RUNTIMES: [&str; 3] = ["gvisor", "qemu", "firecracker"];
 
+fn default_max_sleep_ms() -> u64 {
+    limits::DEFAULT_MAX_SLEEP.as_millis() as u64
+}
+
 fn default_runtime() -> String {
     RUNTIMES[0].into()
 }
@@ -222,6 +242,16 @@ impl SandboxSpec {
     /// The idle limit, for session sandboxes.
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.idle_timeout_ms.map(Duration::from_millis)
+    }
+
+    /// Idle time after which a session is put to sleep (Hypnos).
+    pub fn sleep_after(&self) -> Option<Duration> {
+        self.sleep_after_ms.map(Duration::from_millis)
+    }
+
+    /// Longest sleep.
+    pub fn max_sleep(&self) -> Duration {
+        Duration::from_millis(self.max_sleep_ms)
     }
 
     /// True for sandboxes without a main command (they wait for `exec`).
@@ -264,6 +294,10 @@ pub mod limits {
     pub const DEFAULT_DURATION: Duration = Duration::from_secs(15 * 60);
     /// Default idle timeout of session sandboxes.
     pub const DEFAULT_IDLE: Duration = Duration::from_secs(5 * 60);
+    /// Default `max_sleep`.
+    pub const DEFAULT_MAX_SLEEP: Duration = Duration::from_secs(24 * 3600);
+    /// Longest `max_sleep`.
+    pub const MAX_SLEEP: Duration = Duration::from_secs(30 * 24 * 3600);
     /// Most arguments in a command.
     pub const ARGS: usize = 4096;
     /// Most bytes in all arguments (or all environment) together.
@@ -381,6 +415,21 @@ impl SoulRequest {
             (None, Some(d)) if d.0.is_zero() => return Err(bad("idle_timeout", "must be more than 0")),
             (None, d) => Some(d.map_or(limits::DEFAULT_IDLE, |d| d.0)),
         };
+        let sleep_after = match (&self.command, self.sleep_after) {
+            (_, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(bad("sleep_after", "only session sandboxes (without a command) sleep when idle"))
+            }
+            (None, Some(d)) if d.0.is_zero() => return Err(bad("sleep_after", "must be more than 0")),
+            (None, Some(d)) => Some(d.0),
+        };
+        let max_sleep = self.max_sleep.map_or(limits::DEFAULT_MAX_SLEEP, |d| d.0);
+        if max_sleep.is_zero() || max_sleep > limits::MAX_SLEEP {
+            return Err(bad(
+                "max_sleep",
+                format!("{} must be more than 0 and at most 30 days", humantime::format_duration(max_sleep)),
+            ));
+        }
         validate_labels("labels", &self.labels)?;
         validate_labels("node_selector", &self.node_selector)?;
         let runtime = match self.runtime.as_deref().map(str::trim) {
@@ -395,7 +444,10 @@ impl SoulRequest {
             workdir,
             resources: r,
             max_duration_ms: max.as_millis() as u64,
-            idle_timeout_ms: idle.map(|d| d.as_millis() as u64),
+            // A session that sleeps when idle is not ended for idleness.
+            idle_timeout_ms: idle.filter(|_| sleep_after.is_none()).map(|d| d.as_millis() as u64),
+            sleep_after_ms: sleep_after.map(|d| d.as_millis() as u64),
+            max_sleep_ms: max_sleep.as_millis() as u64,
             network: self.network,
             labels: self.labels,
             tenant: tenant.to_owned(),

@@ -72,6 +72,8 @@ pub struct AgentConfig {
     pub address: Option<String>,
     /// Nyx's snapshot store on this node (`None`: sandboxes always boot cold).
     pub nyx: Option<crate::nyx::Nyx>,
+    /// Where Hypnos keeps sleeping sandboxes' checkpoints (`None`: sandboxes here cannot sleep).
+    pub hypnos: Option<crate::nyx::Nyx>,
     /// FOR BENCHMARKS OF THE CONTROL PLANE ONLY: start no sandbox at all; record each as running,
     /// then as exited with code 0 after this long. Never used by tests or real realms.
     pub simulate_launch: Option<Duration>,
@@ -106,6 +108,9 @@ pub enum AgentError {
     /// Warming a template failed.
     #[error("warming failed: {0}")]
     Warm(String),
+    /// Hypnos could not put the sandbox to sleep or wake it.
+    #[error("{0}")]
+    CannotSleep(String),
 }
 
 /// Output of an `exec`, ending with [`OutputEvent::Exit`].
@@ -124,7 +129,7 @@ pub struct AdoptReport {
     pub requeued: Vec<SandboxId>,
 }
 
-struct Live {
+pub(crate) struct Live {
     kill: mpsc::UnboundedSender<KillOrder>,
     activity: Activity,
     settings: Arc<Settings>,
@@ -186,17 +191,24 @@ pub(crate) fn session_of(template: &TemplateRecord, origin: &str) -> Result<(Set
 
 /// When a sandbox was last used, and how many `exec`s run in it now (idle only when none).
 #[derive(Clone)]
-struct Activity {
+pub(crate) struct Activity {
     last: Arc<Mutex<Instant>>,
     execs: Arc<std::sync::atomic::AtomicUsize>,
     /// Seen running by the runtime, so `exec` can reach it (a sandbox recorded as running may
     /// still be booting for a few milliseconds).
     ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Hypnos is putting it to sleep: the end of its main process is not its end.
+    pub(crate) falling_asleep: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Activity {
     fn new() -> Self {
-        Self { last: Arc::new(Mutex::new(Instant::now())), execs: Default::default(), ready: Default::default() }
+        Self {
+            last: Arc::new(Mutex::new(Instant::now())),
+            execs: Default::default(),
+            ready: Default::default(),
+            falling_asleep: Default::default(),
+        }
     }
 
     fn touch(&self) {
@@ -238,7 +250,7 @@ pub struct Hecatoncheir {
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) state: State,
     events: Events,
-    live: Mutex<HashMap<SandboxId, Live>>,
+    pub(crate) live: Mutex<HashMap<SandboxId, Live>>,
     /// Launches under way: one gate per sandbox (a second launch of it waits for the first),
     /// and what each will take once running.
     launching: Mutex<HashMap<SandboxId, (LaunchGate, Capacity)>>,
@@ -390,7 +402,7 @@ impl Hecatoncheir {
     /// Changes a record placed on this node and announces the change. A record placed elsewhere
     /// meanwhile (requeued by Olympus while this node was unreachable) is left as it is: the
     /// returned record says where it went.
-    async fn record(
+    pub(crate) async fn record(
         &self,
         id: &SandboxId,
         mut change: impl FnMut(&mut SandboxRecord) + Send + 'static,
@@ -493,6 +505,11 @@ impl Hecatoncheir {
             resources: spec.resources,
         };
         let dir = self.dir(id);
+        if let Some(sleep) = rec.sleep.clone() {
+            // Hypnos's wake: the sandbox's own checkpoint, not a boot.
+            let started = self.wake_here(&rec, &sleep, &launch, &dir).await;
+            return self.launched(&rec, started, takes, settings, &dir, None).await;
+        }
         let (started, launched_from) = match self.serve_from_pool(&template, &launch, &dir).await {
             Some((shim, from)) => (Ok(shim), from),
             None => {
@@ -508,16 +525,38 @@ impl Hecatoncheir {
                 (started, launched_from)
             }
         };
+        self.launched(&rec, started.map_err(AgentError::from), takes, settings, &dir, Some(launched_from)).await
+    }
+
+    /// The rest of a launch once the runtime was asked to start sandbox `rec` (`started`): on
+    /// failure records why; else watches it, records it running (woken: with the time it slept,
+    /// its checkpoint discarded) and hands it to its supervisor.
+    async fn launched(
+        self: &Arc<Self>,
+        rec: &SandboxRecord,
+        started: Result<ShimHandle, AgentError>,
+        takes: Capacity,
+        settings: Settings,
+        dir: &SandboxDir,
+        launched_from: Option<String>,
+    ) -> Result<(), AgentError> {
+        let id = &rec.id;
+        let spec = &rec.spec;
+        let waking = rec.sleep.clone();
         let mut shim = match started {
             Ok(shim) => shim,
             Err(e) => {
                 let _ = self.runtime.destroy(id).await;
-                let _ = crate::lethe::forget(&dir).await;
-                self.fail(id, format!("could not start: {}", error_chain(&e))).await?;
+                let _ = crate::lethe::forget(dir).await;
+                let verb = if waking.is_some() { "could not wake" } else { "could not start" };
+                self.fail(id, format!("{verb}: {}", error_chain(&e))).await?;
+                if let Some(sleep) = &waking {
+                    self.discard_checkpoint(id, sleep).await;
+                }
                 return Ok(());
             }
         };
-        if spec.is_session() {
+        if spec.is_session() || waking.is_some() {
             // A session is only useful once `exec` can reach it: wait until the runtime knows it.
             self.until_running(id, &mut shim).await;
         }
@@ -525,12 +564,32 @@ impl Hecatoncheir {
         let activity = Activity::new();
         let live = Live { kill: kill_tx, activity: activity.clone(), settings: Arc::new(settings), takes };
         self.live.lock().expect("lock").insert(id.clone(), live);
+        let me = self.name().to_owned();
         let rec = self
             .record(id, move |r| {
-                if r.state == SandboxState::Starting {
-                    r.state = SandboxState::Running;
-                    r.started_at = Some(Utc::now());
-                    r.launched_from = Some(launched_from.clone());
+                if r.state != SandboxState::Starting {
+                    return;
+                }
+                r.state = SandboxState::Running;
+                match r.sleep.take() {
+                    Some(sleep) => {
+                        let now = Utc::now();
+                        let asleep = (now - sleep.slept_at).num_milliseconds().max(0) as u64;
+                        r.slept_ms += asleep;
+                        r.events.push(SandboxEvent {
+                            at: now,
+                            kind: "woke".into(),
+                            message: format!(
+                                "woke on {me} after {:.1} s asleep (slept on {})",
+                                asleep as f64 / 1000.0,
+                                sleep.node
+                            ),
+                        });
+                    }
+                    None => {
+                        r.started_at = Some(Utc::now());
+                        r.launched_from = launched_from.clone();
+                    }
                 }
             })
             .await?
@@ -541,10 +600,13 @@ impl Hecatoncheir {
             self.live.lock().expect("lock").remove(id);
             let _ = self.runtime.kill(id, libc::SIGKILL, true).await;
             let _ = self.runtime.destroy(id).await;
-            let _ = crate::lethe::forget(&dir).await;
+            let _ = crate::lethe::forget(dir).await;
             return Ok(());
         }
-        info!(pid = shim.pid(), "sandbox running");
+        if let Some(sleep) = &waking {
+            self.discard_checkpoint(id, sleep).await;
+        }
+        info!(pid = shim.pid(), woken = waking.is_some(), "sandbox running");
         tokio::spawn(self.clone().supervise(rec, shim, kill_rx, activity));
         Ok(())
     }
@@ -601,7 +663,7 @@ impl Hecatoncheir {
                 self.warm_up(&id, &settings, argv, &dir).await?;
             }
             self.runtime.pause(&id).await?;
-            self.runtime.checkpoint(&id, &nyx.image_dir(&snap_id)).await?;
+            self.runtime.checkpoint(&id, &nyx.image_dir(&snap_id), true).await?;
             Ok::<_, AgentError>(())
         }
         .await;
@@ -763,9 +825,13 @@ impl Hecatoncheir {
     ) {
         let id = rec.id.clone();
         let started = rec.started_at.unwrap_or(rec.created_at);
-        let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
+        // Time asleep does not count against max_duration.
+        let elapsed =
+            (Utc::now() - started).to_std().unwrap_or_default().saturating_sub(Duration::from_millis(rec.slept_ms));
         let deadline = Instant::now() + rec.spec.max_duration().saturating_sub(elapsed);
         let idle = rec.spec.idle_timeout();
+        let sleep_after = rec.spec.sleep_after();
+        let mut asked_to_sleep = false;
         let mut reason: Option<KillReason> = None;
         let mut dying = Dying::default();
         // Once a reason is set: when the kill began, and when to strike again.
@@ -779,10 +845,26 @@ impl Hecatoncheir {
         let dir = self.dir(&id);
         loop {
             tokio::select! {
-                _ = shim.wait() => break,
+                _ = shim.wait() => {
+                    if activity.falling_asleep.load(std::sync::atomic::Ordering::SeqCst) {
+                        return; // Hypnos took it: not an end
+                    }
+                    break;
+                }
                 _ = tokio::time::sleep_until(deadline), if reason.is_none() => reason = Some(KillReason::Timeout),
-                _ = idle_tick.tick(), if reason.is_none() && idle.is_some() => {
-                    if idle.is_some_and(|d| activity.idle_for() >= d) {
+                _ = idle_tick.tick(), if reason.is_none() && (idle.is_some() || sleep_after.is_some()) => {
+                    if sleep_after.is_some_and(|d| activity.idle_for() >= d) && !asked_to_sleep {
+                        // Hypnos's auto-sleep: idle long enough.
+                        asked_to_sleep = true;
+                        let (this, id) = (self.clone(), id.clone());
+                        tokio::spawn(async move {
+                            match this.sleep(&id).await {
+                                Ok(_) => info!(sandbox = %id, "idle: put to sleep"),
+                                Err(e) => warn!(sandbox = %id, error = %error_chain(&e), "idle: could not put it to sleep"),
+                            }
+                        });
+                        continue;
+                    } else if idle.is_some_and(|d| activity.idle_for() >= d) {
                         reason = Some(KillReason::Idle);
                     } else {
                         continue;
@@ -1100,7 +1182,11 @@ impl Hecatoncheir {
         }
     }
 
-    fn live_or_err(&self, rec: &SandboxRecord, want: &[SandboxState]) -> Result<(Activity, Arc<Settings>), AgentError> {
+    pub(crate) fn live_or_err(
+        &self,
+        rec: &SandboxRecord,
+        want: &[SandboxState],
+    ) -> Result<(Activity, Arc<Settings>), AgentError> {
         let live = self.live.lock().expect("lock");
         match live.get(&rec.id) {
             Some(l) if want.contains(&rec.state) => Ok((l.activity.clone(), l.settings.clone())),
@@ -1108,7 +1194,7 @@ impl Hecatoncheir {
         }
     }
 
-    async fn get(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError> {
+    pub(crate) async fn get(&self, id: &SandboxId) -> Result<SandboxRecord, AgentError> {
         self.state.sandboxes.get(id).await?.ok_or_else(|| AgentError::NotFound(id.clone()))
     }
 

@@ -76,6 +76,9 @@ pub enum AgentApiError {
     /// The agent failed (its runtime or its store).
     #[error("{0}")]
     Agent(String),
+    /// Hypnos refused to put the sandbox to sleep (it is left as it was).
+    #[error("{0}")]
+    CannotSleep(String),
 }
 
 impl AgentApiError {
@@ -91,6 +94,7 @@ impl AgentApiError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             Self::Agent(_) => (StatusCode::INTERNAL_SERVER_ERROR, "agent_error"),
+            Self::CannotSleep(_) => (StatusCode::CONFLICT, "cannot_sleep"),
         }
     }
 }
@@ -119,6 +123,7 @@ impl From<AgentError> for AgentApiError {
         match e {
             AgentError::NotFound(id) => Self::SandboxNotFound(format!("no sandbox {id}")),
             e @ AgentError::NotRunning { .. } => Self::NotRunning(e.to_string()),
+            AgentError::CannotSleep(m) => Self::CannotSleep(m),
             e => Self::Agent(error_chain(&e)),
         }
     }
@@ -156,6 +161,7 @@ pub fn router(agent: Arc<Hecatoncheir>, secret: String) -> Router {
         .route("/sandboxes/{id}/exec", post(exec))
         .route("/sandboxes/{id}/logs", get(logs))
         .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/sleep", post(sleep))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/templates/{name}/warm", post(warm));
     Router::new()
@@ -354,6 +360,12 @@ async fn pause(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<Sa
     Ok(Json(to_completion(async move { agent.pause(&id).await }).await?))
 }
 
+async fn sleep(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<SandboxRecord>, AgentApiError> {
+    let id = sandbox_id(&id)?;
+    let agent = ctx.agent.clone();
+    Ok(Json(to_completion(async move { agent.sleep(&id).await }).await?))
+}
+
 async fn resume(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<SandboxRecord>, AgentApiError> {
     let id = sandbox_id(&id)?;
     let agent = ctx.agent.clone();
@@ -392,6 +404,7 @@ mod tests {
             labels: Default::default(),
             address: None,
             nyx: None,
+            hypnos: None,
             simulate_launch: None,
         };
         let agent = Hecatoncheir::new(cfg, Arc::new(Refusing), Stores::embedded(store), Events::default());

@@ -19,6 +19,7 @@ pub mod agent;
 pub mod api;
 pub mod erinyes;
 pub mod hermes;
+pub mod hypnos;
 pub mod lethe;
 pub mod nyx;
 pub mod pool;

@@ -86,15 +86,29 @@ impl Nyx {
     /// A local, unpacked copy of `snap`'s checkpoint, fetched from the blob store when this node
     /// has none (verified against its digest, unpacked beside, then renamed into place).
     pub async fn image(&self, snap: &SnapshotInfo) -> Result<PathBuf, NyxError> {
-        let dir = self.image_dir(&snap.id);
+        self.image_of(&snap.id, &snap.artifact).await
+    }
+
+    /// [`Nyx::image`] of checkpoint `id` stored as `artifact` (a digest).
+    pub async fn image_of(&self, id: &str, artifact: &str) -> Result<PathBuf, NyxError> {
+        let dir = self.image_dir(id);
         if dir.join(".complete").is_file() {
             return Ok(dir);
         }
-        let digest = Digest::parse(&snap.artifact).map_err(|_| NyxError::BadArtifact(snap.id.clone()))?;
+        let digest = Digest::parse(artifact).map_err(|_| NyxError::BadArtifact(id.to_owned()))?;
         let artifact = self.blobs.local_copy(&digest).await?;
-        let (dir_c, id) = (dir.clone(), snap.id.clone());
+        let (dir_c, id) = (dir.clone(), id.to_owned());
         tokio::task::spawn_blocking(move || unpack(&artifact, &dir_c, &id)).await.expect("unpack task")?;
         Ok(dir)
+    }
+
+    /// Removes checkpoint `id` everywhere: this node's copy and the stored `artifact` (Hypnos's
+    /// checkpoints serve one wake only).
+    pub async fn discard(&self, id: &str, artifact: &str) -> Result<(), NyxError> {
+        self.forget(id).await;
+        let digest = Digest::parse(artifact).map_err(|_| NyxError::BadArtifact(id.to_owned()))?;
+        self.blobs.delete(&digest).await?;
+        Ok(())
     }
 
     /// Marks a freshly written checkpoint as complete (it is restorable as it is).

@@ -217,6 +217,7 @@ impl Hecatoncheir {
                         stdout: log.clone(),
                         stderr: log,
                         exit_file: dir.root().join("pool.exit"),
+                        wait_status: false,
                     };
                     let mut shim = spec.spawn(&self.cfg.shim_exe, &dir).map_err(|source| {
                         crate::runtime::RuntimeError::Spawn { program: self.cfg.shim_exe.display().to_string(), source }
@@ -280,9 +281,9 @@ impl Hecatoncheir {
         let p = self.pools.lock().expect("lock").take(template, snapshot.as_deref())?;
         self.pool_wake.notify_one();
         let handed = async {
-            tokio::fs::rename(self.dir(&p.id).root(), dir.root()).await.map_err(|source| {
-                crate::runtime::RuntimeError::Prepare { path: dir.root().to_owned(), source }
-            })?;
+            tokio::fs::rename(self.dir(&p.id).root(), dir.root())
+                .await
+                .map_err(|source| crate::runtime::RuntimeError::Prepare { path: dir.root().to_owned(), source })?;
             let main = self.runtime.hand_over(&p.id, launch, dir).await?;
             self.runtime.start(dir, &main, &self.cfg.shim_exe).await
         }

@@ -26,6 +26,11 @@ pub struct ShimSpec {
     pub stderr: PathBuf,
     /// Where to record the exit status.
     pub exit_file: PathBuf,
+    /// The main command is `runsc wait` of a sandbox restored by Hypnos (whose processes write
+    /// to the logs themselves): the exit status is the one it prints as JSON (`exitStatus`),
+    /// not its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait_status: bool,
 }
 
 /// How the main command ended, as recorded by the shim.
@@ -130,19 +135,40 @@ impl ShimSpec {
     }
 }
 
+/// The exit status `runsc wait` printed (`{"id":…,"exitStatus":N}`, N being 128 + the signal
+/// for a signal).
+fn waited_status(stdout: &[u8]) -> Option<ShimExit> {
+    let v: serde_json::Value = serde_json::from_slice(stdout).ok()?;
+    let n = i32::try_from(v.get("exitStatus")?.as_i64()?).ok()?;
+    Some(if n > 128 {
+        ShimExit { code: None, signal: Some(n - 128) }
+    } else {
+        ShimExit { code: Some(n), signal: None }
+    })
+}
+
 /// The shim's own main: runs the spec in `dir` and records how it ended. Blocking; no runtime.
 pub fn run(dir: &Path) -> io::Result<ShimExit> {
     let spec: ShimSpec = serde_json::from_slice(&std::fs::read(dir.join("shim.json"))?).map_err(io::Error::other)?;
     let (program, args) = spec.argv.split_first().ok_or_else(|| io::Error::other("empty main command"))?;
     let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p);
-    let status = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(open(&spec.stdout)?)
-        .stderr(open(&spec.stderr)?)
-        .status();
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stderr(open(&spec.stderr)?);
+    let status = if spec.wait_status {
+        cmd.stdout(Stdio::piped()).output().map(|o| (o.status, waited_status(&o.stdout)))
+    } else {
+        cmd.stdout(open(&spec.stdout)?).status().map(|s| (s, None))
+    };
     let exit = match status {
-        Ok(s) => ShimExit { code: s.code(), signal: s.signal() },
+        Ok((_, Some(waited))) => waited,
+        Ok((s, None)) if spec.wait_status => {
+            let _ = std::io::Write::write_all(
+                &mut open(&spec.stderr)?,
+                format!("tartarus shim: the restored sandbox's exit status is unknown ({s})\n").as_bytes(),
+            );
+            ShimExit { code: None, signal: None }
+        }
+        Ok((s, None)) => ShimExit { code: s.code(), signal: s.signal() },
         Err(e) => {
             // Record the failure where the agent will look for it.
             let _ = std::io::Write::write_all(
@@ -154,4 +180,17 @@ pub fn run(dir: &Path) -> io::Result<ShimExit> {
     };
     write_atomic(&spec.exit_file, &serde_json::to_vec(&exit).expect("serializable"))?;
     Ok(exit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_status_runsc_wait_prints() {
+        let exit = |s: &str| waited_status(s.as_bytes());
+        assert_eq!(exit(r#"{"id":"c1","exitStatus":3}"#), Some(ShimExit { code: Some(3), signal: None }));
+        assert_eq!(exit(r#"{"id":"c1","exitStatus":143}"#), Some(ShimExit { code: None, signal: Some(15) }));
+        assert_eq!(exit("waiting failed"), None);
+    }
 }

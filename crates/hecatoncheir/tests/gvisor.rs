@@ -133,7 +133,7 @@ async fn session_lifecycle_exec_pause_resume_checkpoint_destroy() {
     assert!(stats.disk_bytes >= 5_000_000, "the writable layer is measured: {stats:?}");
 
     let image = tmp.path().join("checkpoint");
-    rt.checkpoint(&id, &image).await.unwrap();
+    rt.checkpoint(&id, &image, true).await.unwrap();
     assert!(std::fs::read_dir(&image).unwrap().next().is_some(), "checkpoint wrote an image");
 
     rt.kill(&id, libc::SIGKILL, false).await.unwrap();

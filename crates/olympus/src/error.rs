@@ -66,6 +66,9 @@ pub enum ApiError {
     /// Warming a template failed (its warm-up command, or the checkpoint).
     #[error("{0}")]
     WarmFailed(String),
+    /// Hypnos refused to put a sandbox to sleep, or is disabled.
+    #[error("{0}")]
+    CannotSleep(String),
     /// The node holding the sandbox cannot be reached.
     #[error("{0}")]
     NodeUnreachable(String),
@@ -92,6 +95,7 @@ impl ApiError {
             Self::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
             Self::TemplateNotFound(_) => (StatusCode::NOT_FOUND, "template_not_found"),
             Self::WarmFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "warm_failed"),
+            Self::CannotSleep(_) => (StatusCode::CONFLICT, "cannot_sleep"),
             Self::ImageRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image_rejected"),
             Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "registry_error"),
             Self::NodeUnreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "node_unreachable"),
@@ -123,6 +127,7 @@ impl From<crate::nodes::NodeError> for ApiError {
             N::NotFound(m) => Self::SandboxNotFound(m),
             N::NotRunning(m) => Self::NotRunning(m),
             N::Failed(m) => Self::Internal(m),
+            N::CannotSleep(m) => Self::CannotSleep(m),
             e @ N::Unreachable { .. } => Self::NodeUnreachable(e.to_string()),
         }
     }

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod cerberus;
 pub mod error;
+pub mod hypnos;
 pub mod judges;
 pub mod metrics;
 pub mod moirai;

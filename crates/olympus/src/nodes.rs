@@ -27,6 +27,9 @@ pub enum NodeError {
     /// The node failed (its runtime or its store).
     #[error("{0}")]
     Failed(String),
+    /// Hypnos refused to put the sandbox to sleep (it is left as it was).
+    #[error("{0}")]
+    CannotSleep(String),
     /// The node could not be reached, or answered with something that is not its protocol.
     #[error("node {node} is unreachable: {reason}")]
     Unreachable {
@@ -42,6 +45,7 @@ impl From<AgentError> for NodeError {
         match e {
             AgentError::NotFound(id) => Self::NotFound(format!("no sandbox {id}")),
             e @ AgentError::NotRunning { .. } => Self::NotRunning(e.to_string()),
+            AgentError::CannotSleep(m) => Self::CannotSleep(m),
             e => Self::Failed(tartarus_hecatoncheir::agent::error_chain(&e)),
         }
     }
@@ -66,6 +70,8 @@ pub trait Node: Send + Sync {
     async fn pause(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError>;
     /// Thaws a sandbox.
     async fn resume(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError>;
+    /// Hypnos: checkpoints a sandbox to the blob store and releases it; its record says `sleeping`.
+    async fn sleep(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError>;
     /// The sandboxes it runs now (for reconciliation).
     async fn held(&self) -> Result<Vec<SandboxId>, NodeError>;
     /// Nyx.Prepare: warms a sandbox of `template`, checkpoints it and records the snapshot.
@@ -97,6 +103,9 @@ impl Node for Arc<Hecatoncheir> {
     }
     async fn resume(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError> {
         Ok(Hecatoncheir::resume(self, id).await?)
+    }
+    async fn sleep(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError> {
+        Ok(Hecatoncheir::sleep(self, id).await?)
     }
     async fn held(&self) -> Result<Vec<SandboxId>, NodeError> {
         Ok(Hecatoncheir::held(self))

@@ -40,6 +40,8 @@ pub struct OlympusConfig {
     pub scheduler: SchedulerConfig,
     /// The secret shared with remote agents (`None`: the realm's only node is in process).
     pub agent_secret: Option<String>,
+    /// Hypnos: sandboxes may sleep and wake (`ENABLE_HYPNOS=1`; off by default).
+    pub hypnos: bool,
 }
 
 /// The control plane.
@@ -67,7 +69,10 @@ impl Olympus {
         tokio::spawn(moirai.clone().run());
         tokio::spawn(moirai.clone().forget_ended());
         tokio::spawn(reconcile::watch_nodes(moirai.clone(), DEATH_WATCH));
-        tokio::spawn(count_endings(events.clone(), metrics.clone()));
+        tokio::spawn(count_endings(events.clone(), metrics.clone(), cfg.blobs.clone()));
+        if cfg.hypnos {
+            tokio::spawn(crate::hypnos::expire(state.clone(), events.clone()));
+        }
         tokio::spawn(reconcile::every(moirai.clone(), cfg.scheduler.reconcile_every));
         let ctx = Ctx {
             state,
@@ -78,6 +83,7 @@ impl Olympus {
             templates_dir,
             max_live_per_tenant: cfg.max_live_per_tenant,
             agent_secret: cfg.agent_secret.clone(),
+            hypnos: cfg.hypnos,
             imports: Default::default(),
             blobs: cfg.blobs.clone(),
             recipes_dir: cfg.data_dir.join("erebus").join("recipes"),
@@ -120,12 +126,19 @@ impl Olympus {
     }
 }
 
-/// Counts sandboxes as they end, and how long they took to start.
-async fn count_endings(events: Events, metrics: Metrics) {
+/// Counts sandboxes as they end, and how long they took to start; frees the checkpoint of one
+/// that ended asleep (Hypnos).
+async fn count_endings(events: Events, metrics: Metrics, blobs: tartarus_erebus::blobs::BlobStore) {
     let mut rx = events.subscribe();
     loop {
         match rx.recv().await {
-            Ok(r) if r.state.is_terminal() => metrics.ended.with_label_values(&[r.state.as_str()]).inc(),
+            Ok(r) if r.state.is_terminal() => {
+                metrics.ended.with_label_values(&[r.state.as_str()]).inc();
+                if r.sleep.is_some() {
+                    let blobs = blobs.clone();
+                    tokio::spawn(async move { crate::hypnos::free_checkpoint(&blobs, &r).await });
+                }
+            }
             Ok(r) if r.state == tartarus_core::SandboxState::Running => {
                 if let Some(started) = r.started_at {
                     let secs = (started - r.created_at).to_std().unwrap_or(Duration::ZERO).as_secs_f64();

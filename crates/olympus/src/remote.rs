@@ -141,6 +141,7 @@ fn error_of(node: &str, status: StatusCode, err: ErrorBody) -> NodeError {
             ))
         }
         (StatusCode::NOT_FOUND, _) => NodeError::NotFound(err.message),
+        (StatusCode::CONFLICT, "cannot_sleep") => NodeError::CannotSleep(err.message),
         (StatusCode::CONFLICT, _) => NodeError::NotRunning(err.message),
         _ => NodeError::Failed(format!("node {node}: {}", err.message)),
     }
@@ -285,6 +286,11 @@ impl Node for RemoteNode {
         self.call(self.post(&format!("/sandboxes/{id}/resume")), CALL_TIMEOUT).await
     }
 
+    async fn sleep(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError> {
+        // Checkpointing and storing a large sandbox takes a while.
+        self.call(self.post(&format!("/sandboxes/{id}/sleep")), Duration::from_secs(600)).await
+    }
+
     async fn held(&self) -> Result<Vec<SandboxId>, NodeError> {
         let held: Held = self.call(self.get("/sandboxes"), CALL_TIMEOUT).await?;
         Ok(held.sandboxes)
@@ -359,6 +365,7 @@ mod tests {
             labels: Default::default(),
             address: None,
             nyx: None,
+            hypnos: None,
             simulate_launch: None,
         };
         let agent = Hecatoncheir::new(cfg, Arc::new(Refusing), State::embedded(store), Events::default());

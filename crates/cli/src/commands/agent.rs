@@ -112,6 +112,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     }
     let runtime = args.runtime.gvisor(data)?;
     let describe = tartarus_hecatoncheir::runtime::Runtime::describe(&runtime);
+    let blobs = daemon::blobs(args.store.as_deref(), data)?;
     let agent = Hecatoncheir::new(
         AgentConfig {
             node_name: node.clone(),
@@ -122,10 +123,8 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             slots: args.slots,
             labels: args.labels.iter().cloned().collect(),
             address: Some(address.clone()),
-            nyx: Some(tartarus_hecatoncheir::nyx::Nyx::new(
-                data.join("nyx"),
-                daemon::blobs(args.store.as_deref(), data)?,
-            )),
+            nyx: Some(tartarus_hecatoncheir::nyx::Nyx::new(data.join("nyx"), blobs.clone())),
+            hypnos: Some(tartarus_hecatoncheir::nyx::Nyx::new(data.join("hypnos"), blobs)),
             simulate_launch: simulate,
         },
         Arc::new(runtime),

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod exec;
 pub mod failures;
+pub mod hypnos;
 pub mod kill;
 pub mod logs;
 pub mod node;

@@ -114,6 +114,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
                 reconcile_every: args.reconcile_every.0.max(Duration::from_secs(1)),
             },
             agent_secret: Some(secret.clone()),
+            hypnos: tartarus_olympus::hypnos::enabled_by_env(),
         },
         state,
         events,

@@ -216,7 +216,9 @@ pub async fn execute(c: Command, g: &Global) -> anyhow::Result<i32> {
 fn say_pool(name: &TemplateName, size: u32) {
     match size {
         0 => println!("template {name}: no warm pool (pooled sandboxes are released)"),
-        n => println!("template {name}: every node keeps {n} ready (filling in the background; see `tartarus template ls`)"),
+        n => println!(
+            "template {name}: every node keeps {n} ready (filling in the background; see `tartarus template ls`)"
+        ),
     }
 }
 

@@ -72,6 +72,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             labels: Default::default(),
             address: None,
             nyx: Some(tartarus_hecatoncheir::nyx::Nyx::new(data.join("nyx"), blobs.clone())),
+            hypnos: Some(tartarus_hecatoncheir::nyx::Nyx::new(data.join("hypnos"), blobs.clone())),
             simulate_launch: None,
         },
         Arc::new(runtime),
@@ -106,6 +107,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             },
             scheduler: SchedulerConfig::default(),
             agent_secret: None,
+            hypnos: tartarus_olympus::hypnos::enabled_by_env(),
         },
         state,
         events,
@@ -120,6 +122,10 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
         format!("listening on http://{addr}"),
         format!("admin token in {}", token_path.display()),
         format!("runtime {describe}"),
+        match tartarus_olympus::hypnos::enabled_by_env() {
+            true => "hypnos on: sandboxes may sleep and wake".to_owned(),
+            false => "hypnos off (ENABLE_HYPNOS=1 turns sleep and wake on)".to_owned(),
+        },
     ])?;
     olympus.serve(listener, daemon::shutdown_signal()).await.context("serving the API")?;
     pools.empty_pools().await;

@@ -41,6 +41,17 @@ pub struct LaunchSpec {
 pub struct MainCommand {
     /// Program and arguments.
     pub argv: Vec<String>,
+    /// The command waits for a restored sandbox and prints its exit status (see
+    /// [`crate::shim::ShimSpec::wait_status`]).
+    #[serde(default)]
+    pub wait_status: bool,
+}
+
+impl MainCommand {
+    /// A main command whose own exit status is the sandbox's.
+    pub fn new(argv: Vec<String>) -> Self {
+        Self { argv, wait_status: false }
+    }
 }
 
 /// A further process to run inside a running sandbox.
@@ -123,9 +134,15 @@ pub trait Runtime: Send + Sync {
 
     /// Starts the main process under a detached shim, so it outlives the agent.
     async fn start(&self, dir: &SandboxDir, main: &MainCommand, shim_exe: &Path) -> Result<ShimHandle, RuntimeError> {
-        ShimSpec { argv: main.argv.clone(), stdout: dir.stdout(), stderr: dir.stderr(), exit_file: dir.exit_file() }
-            .spawn(shim_exe, dir)
-            .map_err(|source| RuntimeError::Spawn { program: shim_exe.display().to_string(), source })
+        ShimSpec {
+            argv: main.argv.clone(),
+            stdout: dir.stdout(),
+            stderr: dir.stderr(),
+            exit_file: dir.exit_file(),
+            wait_status: main.wait_status,
+        }
+        .spawn(shim_exe, dir)
+        .map_err(|source| RuntimeError::Spawn { program: shim_exe.display().to_string(), source })
     }
 
     /// Starts `spec` inside running sandbox `id`; stdout and stderr are piped, stdin is null.
@@ -149,8 +166,21 @@ pub trait Runtime: Send + Sync {
     /// Thaws `id`.
     async fn resume(&self, id: &SandboxId) -> Result<(), RuntimeError>;
 
-    /// Saves the state of `id` to `image_dir` (the sandbox keeps running unless the runtime says otherwise).
-    async fn checkpoint(&self, id: &SandboxId, image_dir: &Path) -> Result<(), RuntimeError>;
+    /// Saves the state of `id` to `image_dir`; with `keep_running` the sandbox goes on (Nyx),
+    /// without it the sandbox stops once saved (Hypnos).
+    async fn checkpoint(&self, id: &SandboxId, image_dir: &Path, keep_running: bool) -> Result<(), RuntimeError>;
+
+    /// Hypnos's wake: restores sandbox `spec.id` from its own checkpoint in `image_dir` (taken
+    /// with [`Runtime::checkpoint`] without `keep_running`), its processes going on where they
+    /// were and writing to its logs, and returns the command that waits for its end and reports
+    /// its exit status. `image_dir` is only read.
+    async fn wake(&self, spec: &LaunchSpec, dir: &SandboxDir, image_dir: &Path) -> Result<MainCommand, RuntimeError> {
+        let _ = (dir, image_dir);
+        Err(RuntimeError::Refused {
+            operation: format!("waking {}", spec.id),
+            message: format!("the {} runtime cannot restore a sleeping sandbox", self.name()),
+        })
+    }
 
     /// Resumes a sandbox from the checkpoint in `image_dir` (taken of a session) instead of
     /// booting it, and returns the command that runs its main process to the end — the

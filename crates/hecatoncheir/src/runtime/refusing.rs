@@ -44,7 +44,7 @@ impl Runtime for Refusing {
     async fn resume(&self, _: &SandboxId) -> Result<(), RuntimeError> {
         Err(refused())
     }
-    async fn checkpoint(&self, _: &SandboxId, _: &Path) -> Result<(), RuntimeError> {
+    async fn checkpoint(&self, _: &SandboxId, _: &Path, _: bool) -> Result<(), RuntimeError> {
         Err(refused())
     }
     async fn restore(&self, _: &LaunchSpec, _: &SandboxDir, _: &Path) -> Result<MainCommand, RuntimeError> {

@@ -40,6 +40,8 @@ pub struct Ctx {
     pub max_live_per_tenant: usize,
     /// The secret agents present to Olympus (and Olympus to them); `None` without remote agents.
     pub agent_secret: Option<String>,
+    /// Hypnos is enabled (`ENABLE_HYPNOS=1`).
+    pub hypnos: bool,
     /// Held while a template is imported or built, so two of one name cannot interleave.
     pub imports: Arc<tokio::sync::Mutex<()>>,
     /// Erebus's blob store.
@@ -117,7 +119,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
     info(title = "Tartarus", description = "Run untrusted code in isolated sandboxes. Errors are `{code, message}`; see docs/api.md."),
     paths(
         sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::kill, sandboxes::exec, sandboxes::logs,
-        sandboxes::pause, sandboxes::resume, templates::list, templates::import, templates::build, templates::inspect,
+        sandboxes::pause, sandboxes::resume, sandboxes::sleep, sandboxes::wake, sandboxes::sleeping, templates::list, templates::import, templates::build, templates::inspect,
         templates::remove, templates::prune, templates::warm, templates::set_pool, templates::snapshots, templates::remove_snapshot, realm::nodes, realm::drain, realm::undrain, realm::failures,
         realm::reconcile, realm::healthz, realm::metrics, agents::hello
     ),
@@ -128,7 +130,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
         tartarus_core::ExitInfo, tartarus_core::TemplateRecord, tartarus_core::NodeInfo, crate::error::ErrorBody,
         sandboxes::SandboxList, sandboxes::ExecResult, templates::TemplateList, templates::ImportRequest, templates::BuildRequest, templates::PruneResult,
         tartarus_core::ImageInfo, tartarus_core::ImageDefaults, tartarus_core::SnapshotInfo, templates::WarmRequest,
-        templates::SnapshotEntry, templates::SnapshotList, templates::PoolRequest, templates::PoolView, tartarus_core::PoolCount, realm::NodeList, realm::NodeView, realm::FailureList,
+        templates::SnapshotEntry, templates::SnapshotList, templates::PoolRequest, templates::PoolView, sandboxes::Sleeper, sandboxes::SleeperList, tartarus_core::SleepInfo, tartarus_core::PoolCount, realm::NodeList, realm::NodeView, realm::FailureList,
         tartarus_core::Failure, tartarus_core::Capacity, tartarus_core::NodeState, crate::reconcile::ReconcileReport, agents::Hello
     )),
     modifiers(&BearerAuth)
@@ -159,6 +161,9 @@ pub fn router(ctx: Ctx, cerberus: Cerberus) -> Router {
         .route("/sandboxes/{id}/logs", get(sandboxes::logs))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
+        .route("/sandboxes/{id}/sleep", post(sandboxes::sleep))
+        .route("/sandboxes/{id}/wake", post(sandboxes::wake))
+        .route("/sleeping", get(sandboxes::sleeping))
         .route("/templates", get(templates::list).post(templates::import))
         .route("/templates/build", post(templates::build))
         .route("/templates/prune", post(templates::prune))

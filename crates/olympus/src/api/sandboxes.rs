@@ -84,6 +84,9 @@ pub async fn create(
 
 async fn admit(ctx: &Ctx, who: &Principal, req: SoulRequest) -> Result<SandboxRecord, ApiError> {
     let spec = req.validate(&who.tenant).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    if spec.sleep_after_ms.is_some() && !ctx.hypnos {
+        return Err(ApiError::InvalidRequest(format!("sleep_after: {HYPNOS_OFF}")));
+    }
     if ctx.state.templates.template(&spec.template).await?.is_none() {
         return Err(ApiError::UnknownTemplate(format!(
             "template {} does not exist; see GET /v1/templates (or `tartarus template ls`)",
@@ -169,7 +172,7 @@ pub async fn list(
     for s in q.state.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
         filter.states.push(SandboxState::parse(s).ok_or_else(|| {
             ApiError::InvalidRequest(format!(
-                "state: unknown state {s:?} (queued, starting, running, paused, exited, killed, failed, lost)"
+                "state: unknown state {s:?} (queued, starting, running, paused, sleeping, exited, killed, failed, lost)"
             ))
         })?);
     }
@@ -238,6 +241,11 @@ pub async fn kill(
         let rec = record(&ctx, &id).await?;
         match rec.state {
             s if s.is_terminal() => return Ok((StatusCode::OK, Json(rec)).into_response()),
+            SandboxState::Sleeping => {
+                // Nothing runs: end the record; its checkpoint is freed as the end is seen.
+                crate::hypnos::end(&ctx.state, &ctx.events, &id, KillReason::Requested).await?;
+                continue;
+            }
             SandboxState::Queued => {
                 // Not placed yet: end it here; the scheduler skips records no longer queued.
                 let updated = ctx
@@ -359,6 +367,12 @@ pub struct LogsQuery {
 pub async fn logs(State(ctx): State<Ctx>, IdPath(id): IdPath, Q(q): Q<LogsQuery>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let mut rec = record(&ctx, &id).await?;
+    let mut follow = q.follow;
+    if let Some(sleep) = rec.sleep.as_ref().filter(|_| rec.state == SandboxState::Sleeping) {
+        // Asleep: its logs are where it fell asleep, and nothing is added until it wakes.
+        rec.node = Some(sleep.node.clone());
+        follow = false;
+    }
     if rec.node.is_none() && !rec.state.is_terminal() {
         // Not placed yet: its logs will be written on the node it goes to.
         rec = wait_until(&ctx, &id, |r| r.node.is_some()).await?;
@@ -369,7 +383,7 @@ pub async fn logs(State(ctx): State<Ctx>, IdPath(id): IdPath, Q(q): Q<LogsQuery>
         tx.try_send(OutputEvent::Exit(ExitInfo::from(&rec))).expect("room for one");
         return Ok(stream::sse(rx).into_response());
     }
-    Ok(stream::sse(node_of(&ctx, &rec).await?.logs(&id, q.follow).await?).into_response())
+    Ok(stream::sse(node_of(&ctx, &rec).await?.logs(&id, follow).await?).into_response())
 }
 
 /// Freeze a running sandbox.
@@ -388,4 +402,120 @@ pub async fn resume(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Json<S
     let id = parse_id(&id)?;
     let rec = record(&ctx, &id).await?;
     Ok(Json(node_of(&ctx, &rec).await?.resume(&id).await?))
+}
+
+/// Why Hypnos's calls are refused on a realm without it.
+const HYPNOS_OFF: &str = "Hypnos (sleep and wake) is disabled on this realm; start it with ENABLE_HYPNOS=1";
+
+fn hypnos_on(ctx: &Ctx) -> Result<(), ApiError> {
+    if ctx.hypnos {
+        Ok(())
+    } else {
+        Err(ApiError::CannotSleep(HYPNOS_OFF.into()))
+    }
+}
+
+/// Hypnos: pause the sandbox, checkpoint it, store the checkpoint (zstd) in the blob store and
+/// release everything it held on its node. Its record says `sleeping`, with sizes and times in
+/// `sleep`; `POST …/wake` restores it. Only sandboxes that booted (`launched_from: cold`) can
+/// sleep. Needs `ENABLE_HYPNOS=1`.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/sleep", params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = SandboxRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn sleep(State(ctx): State<Ctx>, IdPath(id): IdPath) -> Result<Json<SandboxRecord>, ApiError> {
+    hypnos_on(&ctx)?;
+    let id = parse_id(&id)?;
+    let rec = record(&ctx, &id).await?;
+    if rec.state == SandboxState::Sleeping {
+        return Ok(Json(rec));
+    }
+    Ok(Json(node_of(&ctx, &rec).await?.sleep(&id).await?))
+}
+
+/// Query of `POST /v1/sandboxes/{id}/wake`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+pub struct WakeQuery {
+    /// Answer once it runs again (or has failed to), not once it is queued.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// Hypnos: wake a sleeping sandbox. It is queued for placement like a new one (on any node of
+/// its runtime with room) and restored there from its checkpoint, its processes going on where
+/// they were. With `wait=true` the answer comes once it runs again.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/wake", params(("id" = String, Path, description = "Sandbox id"), WakeQuery),
+    responses((status = 200, body = SandboxRecord), (status = 202, body = SandboxRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn wake(State(ctx): State<Ctx>, IdPath(id): IdPath, Q(q): Q<WakeQuery>) -> Result<Response, ApiError> {
+    hypnos_on(&ctx)?;
+    let id = parse_id(&id)?;
+    let rec = record(&ctx, &id).await?;
+    let queued = match crate::hypnos::wake(&ctx.state, &ctx.events, &id).await? {
+        Some(r) => r,
+        None if rec.sleep.is_some() && !rec.state.is_terminal() => rec, // being woken already
+        None => {
+            return Err(ApiError::NotRunning(format!("sandbox {id} is {}, not sleeping", rec.state.as_str())));
+        }
+    };
+    if !q.wait {
+        return Ok((StatusCode::ACCEPTED, Json(queued)).into_response());
+    }
+    let done = wait_until(&ctx, &id, |r| r.sleep.is_none() && r.state != SandboxState::Queued).await?;
+    Ok((StatusCode::OK, Json(done)).into_response())
+}
+
+/// A sleeping sandbox, as `GET /v1/sleeping` lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Sleeper {
+    /// The sandbox.
+    #[schema(value_type = String)]
+    pub id: SandboxId,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its template.
+    pub template: String,
+    /// Its checkpoint: sizes, node, when.
+    pub sleep: tartarus_core::SleepInfo,
+    /// Asleep for, milliseconds.
+    pub asleep_ms: u64,
+    /// When it will be ended unless woken (its `max_sleep`).
+    pub ends_at: chrono::DateTime<Utc>,
+}
+
+/// Sleeping sandboxes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SleeperList {
+    /// Longest asleep first.
+    pub sleeping: Vec<Sleeper>,
+}
+
+/// Hypnos: the tenant's sleeping sandboxes, with their checkpoint sizes (memory, compressed)
+/// and times.
+#[utoipa::path(get, path = "/v1/sleeping", responses((status = 200, body = SleeperList), (status = 409, body = ErrorBody)))]
+pub async fn sleeping(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<SleeperList>, ApiError> {
+    hypnos_on(&ctx)?;
+    let filter = SandboxFilter { states: vec![SandboxState::Sleeping], tenant: Some(who.tenant), ..Default::default() };
+    let now = Utc::now();
+    let mut sleeping: Vec<Sleeper> = ctx
+        .state
+        .sandboxes
+        .list(&filter)
+        .await?
+        .into_iter()
+        .filter_map(|r| {
+            let sleep = r.sleep?;
+            let max = chrono::Duration::from_std(r.spec.max_sleep()).unwrap_or(chrono::Duration::MAX);
+            Some(Sleeper {
+                id: r.id,
+                tenant: r.spec.tenant,
+                template: r.spec.template.to_string(),
+                asleep_ms: (now - sleep.slept_at).num_milliseconds().max(0) as u64,
+                ends_at: sleep.slept_at + max,
+                sleep,
+            })
+        })
+        .collect();
+    sleeping.sort_by_key(|s| std::cmp::Reverse(s.asleep_ms));
+    Ok(Json(SleeperList { sleeping }))
 }

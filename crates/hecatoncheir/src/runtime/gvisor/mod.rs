@@ -242,6 +242,65 @@ impl Gvisor {
         self.aliases.lock().expect("lock").get(id).cloned().unwrap_or_else(|| id.clone())
     }
 
+    /// `runsc restore -detach` of `id` from `image_dir` with the bundle in `dir`. The restored
+    /// processes inherit runsc's stdout and stderr (pipes would never close): `restore.log` in
+    /// `dir`, or with `to_logs` the sandbox's own log files, appended to. What runsc says when it
+    /// refuses is read back from there (and cut off the sandbox's logs again).
+    async fn restore_detached(
+        &self,
+        id: &SandboxId,
+        dir: &SandboxDir,
+        image_dir: &Path,
+        to_logs: bool,
+    ) -> Result<(), RuntimeError> {
+        let mut args = self.sandbox_args(dir);
+        args.drain(..2); // --root comes from base_args
+        args.extend([
+            "restore".into(),
+            "-detach".into(),
+            format!("--image-path={}", image_dir.display()),
+            "--bundle".into(),
+            dir.bundle().display().to_string(),
+            id.to_string(),
+        ]);
+        let (out, err) = if to_logs {
+            (dir.stdout(), dir.stderr())
+        } else {
+            (PathBuf::from("/dev/null"), dir.root().join("restore.log"))
+        };
+        let open = |p: &Path, truncate: bool| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(!truncate)
+                .write(true)
+                .truncate(truncate)
+                .open(p)
+                .map_err(|source| RuntimeError::Prepare { path: p.to_owned(), source })
+        };
+        let stderr = open(&err, !to_logs)?;
+        let before = stderr.metadata().map(|m| m.len()).unwrap_or(0);
+        let status = self
+            .command(&args)
+            .stdout(open(&out, false)?)
+            .stderr(stderr)
+            .status()
+            .await
+            .map_err(|source| RuntimeError::Spawn { program: self.runsc.path.display().to_string(), source })?;
+        if !status.success() {
+            let said = std::fs::read(&err).unwrap_or_default();
+            let said = String::from_utf8_lossy(said.get(before as usize..).unwrap_or_default()).into_owned();
+            if to_logs {
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&err) {
+                    let _ = f.set_len(before);
+                }
+            }
+            let tail: Vec<&str> = said.lines().rev().take(5).collect();
+            let message = tail.into_iter().rev().collect::<Vec<_>>().join(" / ");
+            return Err(RuntimeError::Refused { operation: "runsc restore".into(), message });
+        }
+        Ok(())
+    }
+
     /// The command running `spec`'s command (or a session's keeper) inside the running sandbox
     /// as its main process, its in-sandbox pid written down for [`Runtime::signal_main`].
     fn exec_main(&self, spec: &LaunchSpec, dir: &SandboxDir) -> Result<MainCommand, RuntimeError> {
@@ -264,7 +323,7 @@ impl Gvisor {
             format!("--internal-pid-file={}", main_pid_file(dir).display()),
             self.cid(&spec.id).to_string(),
         ]);
-        Ok(MainCommand { argv })
+        Ok(MainCommand::new(argv))
     }
 
     /// The probed `runsc`.
@@ -341,7 +400,7 @@ impl Runtime for Gvisor {
         let mut argv = vec![self.runsc.path.display().to_string()];
         argv.extend(self.sandbox_args(dir));
         argv.extend(["run".into(), "--bundle".into(), dir.bundle().display().to_string(), spec.id.to_string()]);
-        Ok(MainCommand { argv })
+        Ok(MainCommand::new(argv))
     }
 
     async fn exec(&self, id: &SandboxId, spec: &ExecSpec) -> Result<tokio::process::Child, RuntimeError> {
@@ -407,18 +466,20 @@ impl Runtime for Gvisor {
         self.runsc_ok("resume", &["resume".into(), self.cid(id).to_string()]).await.map(drop)
     }
 
-    async fn checkpoint(&self, id: &SandboxId, image_dir: &Path) -> Result<(), RuntimeError> {
+    async fn checkpoint(&self, id: &SandboxId, image_dir: &Path, keep_running: bool) -> Result<(), RuntimeError> {
         std::fs::create_dir_all(image_dir)
             .map_err(|source| RuntimeError::Prepare { path: image_dir.to_owned(), source })?;
-        // Uncompressed: Nyx packs the image with zstd, which is both smaller and faster to
-        // restore from than runsc's own flate.
-        let args = [
-            "checkpoint".into(),
-            "--leave-running".into(),
+        // Uncompressed: Nyx and Hypnos pack the image with zstd, which is both smaller and
+        // faster to restore from than runsc's own flate.
+        let mut args = vec!["checkpoint".to_owned()];
+        if keep_running {
+            args.push("--leave-running".into());
+        }
+        args.extend([
             "--compression=none".into(),
             format!("--image-path={}", image_dir.display()),
             self.cid(id).to_string(),
-        ];
+        ]);
         self.runsc_ok("checkpoint", &args).await.map(drop)
     }
 
@@ -432,35 +493,18 @@ impl Runtime for Gvisor {
         // be a session's too, and the request's command runs in it as an exec.
         let session = LaunchSpec { command: None, ..spec.clone() };
         self.prepare(&session, dir)?;
-        let mut args = self.sandbox_args(dir);
-        args.drain(..2); // --root comes from base_args
-        args.extend([
-            "restore".into(),
-            "-detach".into(),
-            format!("--image-path={}", image_dir.display()),
-            "--bundle".into(),
-            dir.bundle().display().to_string(),
-            spec.id.to_string(),
-        ]);
-        // The restored sandbox's processes are detached but inherit runsc's stdout and stderr:
-        // pipes would never close, so runsc writes to a file, read back if it refuses.
-        let said = dir.root().join("restore.log");
-        let file =
-            std::fs::File::create(&said).map_err(|source| RuntimeError::Prepare { path: said.clone(), source })?;
-        let status = self
-            .command(&args)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .status()
-            .await
-            .map_err(|source| RuntimeError::Spawn { program: self.runsc.path.display().to_string(), source })?;
-        if !status.success() {
-            let message = std::fs::read_to_string(&said).unwrap_or_default();
-            let tail: Vec<&str> = message.lines().rev().take(5).collect();
-            let message = tail.into_iter().rev().collect::<Vec<_>>().join(" / ");
-            return Err(RuntimeError::Refused { operation: "runsc restore".into(), message });
-        }
+        self.restore_detached(&spec.id, dir, image_dir, false).await?;
         self.exec_main(spec, dir)
+    }
+
+    async fn wake(&self, spec: &LaunchSpec, dir: &SandboxDir, image_dir: &Path) -> Result<MainCommand, RuntimeError> {
+        // The bundle is the one it was booted with; its init goes on where it stopped.
+        self.prepare(spec, dir)?;
+        self.restore_detached(&spec.id, dir, image_dir, true).await?;
+        let mut argv = vec![self.runsc.path.display().to_string()];
+        argv.extend(self.base_args());
+        argv.extend(["wait".into(), spec.id.to_string()]);
+        Ok(MainCommand { argv, wait_status: true })
     }
 
     async fn hand_over(
@@ -470,7 +514,8 @@ impl Runtime for Gvisor {
         dir: &SandboxDir,
     ) -> Result<MainCommand, RuntimeError> {
         let dir_path = self.alias_dir();
-        std::fs::create_dir_all(&dir_path).map_err(|source| RuntimeError::Prepare { path: dir_path.clone(), source })?;
+        std::fs::create_dir_all(&dir_path)
+            .map_err(|source| RuntimeError::Prepare { path: dir_path.clone(), source })?;
         let file = dir_path.join(spec.id.as_str());
         crate::lethe::write_atomic(&file, pooled.as_str().as_bytes())
             .map_err(|source| RuntimeError::Prepare { path: file, source })?;
