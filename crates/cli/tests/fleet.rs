@@ -510,3 +510,44 @@ async fn an_agent_draining_on_shutdown_ends_its_sandboxes_gracefully() {
     let log = fleet.agent("a1").daemon.log();
     assert!(log.contains("after ending its 1 sandboxes"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sandbox_asleep_on_one_node_wakes_on_another() {
+    if !ready() {
+        return;
+    }
+    // Olympus with Hypnos on; two agents sharing one blob store (as a bucket would be shared).
+    let mut fleet = Fleet::start_full(&[], &[], &[("ENABLE_HYPNOS", "1")]).await;
+    let store = fleet.dir().join("shared-store").display().to_string();
+    let secret = fleet.secret_file();
+    for name in ["h1", "h2"] {
+        fleet.add_agent_with(&spec(name, "", 4096, 10), &secret, &["--store", &store]).await;
+    }
+    fleet.wait_alive(vec!["h1", "h2"]).await;
+    let counter = "echo kept > /kept.txt; i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done";
+    let id = id_of(&fleet.create(json!({"template": TEMPLATE, "command": ["sh", "-c", counter]})).await);
+    let rec = fleet.wait_running(&id, Duration::from_secs(60)).await;
+    let first = rec["node"].as_str().expect("placed").to_owned();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = fleet.cli(&["sleep", &id]).await;
+    assert_eq!(out.code, 0, "{out}");
+    // Its node takes nothing new: the wake must go to the other one.
+    let out = fleet.cli(&["node", "drain", &first]).await;
+    assert_eq!(out.code, 0, "{out}");
+    let out = fleet.cli(&["wake", &id]).await;
+    assert_eq!(out.code, 0, "{out}");
+    let rec = fleet.record(&id).await;
+    assert_eq!(rec["state"], "running", "{rec}");
+    let second = rec["node"].as_str().unwrap_or_default().to_owned();
+    assert!(!second.is_empty() && second != first, "woke on {second:?}, slept on {first}: {rec}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Output from both nodes, one count without restart or gap; files came along.
+    let logs = fleet.logs(&id).await;
+    let counted: Vec<u64> = logs.stdout.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert!(counted.len() > 8, "{logs:?}");
+    assert_eq!(counted, (1..=counted.len() as u64).collect::<Vec<_>>(), "the count restarted or skipped: {logs:?}");
+    let out = fleet.cli(&["exec", &id, "--", "cat", "/kept.txt"]).await;
+    assert_eq!((out.code, out.stdout.as_str()), (0, "kept\n"), "{out}");
+    let (status, body) = fleet.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -53,6 +53,13 @@ pub struct Args {
     /// Print the sandbox's id and return at once instead of streaming its output.
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// Sessions only, with Hypnos on (ENABLE_HYPNOS=1): sleep after this long without an exec
+    /// instead of ending at the idle timeout (`tartarus wake` restores it).
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    pub sleep_after: Option<HumanDuration>,
+    /// With Hypnos: how long it may sleep before it is ended (default 24h).
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    pub max_sleep: Option<HumanDuration>,
     /// The command and its arguments, after `--`. Without one, the sandbox is a session that
     /// stays up for `tartarus exec`.
     #[arg(last = true, value_name = "CMD")]
@@ -76,6 +83,8 @@ impl Args {
             max_duration: self.timeout,
             labels: args::to_map(self.labels.clone()),
             node_selector: args::to_map(self.node_selector.clone()),
+            sleep_after: self.sleep_after,
+            max_sleep: self.max_sleep,
             ..SoulRequest::default()
         }
     }

@@ -169,13 +169,19 @@ impl Fleet {
 
     /// [`Fleet::start`] with extra arguments for the first Olympus (e.g. `["--dead-after", "3s"]`).
     pub async fn start_with(agents: &[AgentSpec], olympus_args: &[&str]) -> Fleet {
+        Fleet::start_full(agents, olympus_args, &[]).await
+    }
+
+    /// [`Fleet::start_with`] with environment variables for the first Olympus (e.g.
+    /// `ENABLE_HYPNOS=1`).
+    pub async fn start_full(agents: &[AgentSpec], olympus_args: &[&str], env: &[(&str, &str)]) -> Fleet {
         let serial = SERIAL.lock().await;
         let tmp = tempfile::Builder::new().prefix("tartarus-fleet-").tempdir().expect("tempdir");
         let rootfs = tmp.path().join("busybox-rootfs");
         build_busybox_rootfs(&rootfs);
         let redis = Redis::start(&tmp.path().join("redis"));
         let o1_dir = tmp.path().join("o1");
-        let mut o1 = olympus_daemon(&o1_dir, &redis.url(), "o1", olympus_args);
+        let mut o1 = olympus_daemon(&o1_dir, &redis.url(), "o1", olympus_args, env);
         let mut api = Api::new(&o1_dir, o1.log.clone());
         api.url = o1.start().await;
         api.token = read_secret(&o1_dir.join("admin.token"), &o1).await;
@@ -247,7 +253,7 @@ impl Fleet {
     pub async fn add_olympus(&mut self, name: &str) -> Api {
         let dir = self.tmp.path().join(name);
         let secret = self.secret_file().display().to_string();
-        let mut d = olympus_daemon(&dir, &self.redis.url(), name, &["--agent-secret-file", &secret]);
+        let mut d = olympus_daemon(&dir, &self.redis.url(), name, &["--agent-secret-file", &secret], &[]);
         let mut api = Api::new(&dir, d.log.clone());
         api.url = d.start().await;
         api.token = read_secret(&dir.join("admin.token"), &d).await;
@@ -298,7 +304,7 @@ impl Fleet {
     }
 }
 
-fn olympus_daemon(dir: &Path, redis: &str, name: &str, extra: &[&str]) -> Daemon {
+fn olympus_daemon(dir: &Path, redis: &str, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
     std::fs::create_dir_all(dir).expect("olympus dir");
     let mut args: Vec<String> = vec!["--data-dir".into(), dir.display().to_string(), "olympus".into()];
     let dead_after = if extra.contains(&"--dead-after") { None } else { Some(["--dead-after", DEAD_AFTER]) };
@@ -321,7 +327,7 @@ fn olympus_daemon(dir: &Path, redis: &str, name: &str, extra: &[&str]) -> Daemon
         .map(String::from),
     );
     args.extend(extra.iter().map(|s| s.to_string()));
-    Daemon::new(&format!("olympus {name}"), args, &[], "tartarus: listening on ")
+    Daemon::new(&format!("olympus {name}"), args, env, "tartarus: listening on ")
 }
 
 impl Drop for Fleet {
