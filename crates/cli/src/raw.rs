@@ -33,6 +33,7 @@ pub fn write_bundle(dir: &Path, rootfs: &Path, command: &[&str], cgroup: &str) -
         workdir: "/".into(),
         user: (0, 0),
         resources: Resources::default(),
+        netns: None,
     };
     // The session keeper is only mounted for sessions; these bundles always have a command.
     let config = bundle::config(&spec, Path::new("/bin/busybox"), cgroup);
@@ -51,6 +52,7 @@ pub fn write_session_bundle(dir: &Path, rootfs: &Path, cgroup: &str) -> std::io:
         workdir: "/".into(),
         user: (0, 0),
         resources: Resources::default(),
+        netns: None,
     };
     std::fs::write(dir.join("config.json"), bundle::config(&spec, Path::new("/bin/busybox"), cgroup))
 }

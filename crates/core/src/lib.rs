@@ -15,6 +15,7 @@
 
 pub mod failure;
 pub mod id;
+pub mod network;
 pub mod node;
 pub mod output;
 pub mod sandbox;

@@ -360,6 +360,9 @@ pub struct SandboxRecord {
     /// Time spent asleep, all sleeps together, milliseconds (not counted against `max_duration`).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub slept_ms: u64,
+    /// Its network (Styx), when its contract is not `none`: address, mode and rules in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkInfo>,
 }
 
 fn is_zero_u64(n: &u64) -> bool {
@@ -393,6 +396,7 @@ impl SandboxRecord {
             events: Vec::new(),
             sleep: None,
             slept_ms: 0,
+            network: None,
         }
     }
 

@@ -44,14 +44,7 @@ impl Default for Resources {
     }
 }
 
-/// The network a sandbox may reach. Only `none` exists so far: no interface but loopback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum NetworkContract {
-    /// No network at all.
-    #[default]
-    None,
-}
+pub use crate::network::NetworkContract;
 
 /// Phlegethon's heat classes: how hot (frequent, latency-sensitive) a workload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
@@ -157,7 +150,7 @@ pub struct SoulRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "24h")]
     pub max_sleep: Option<HumanDuration>,
-    /// The network contract. Only `none` for now.
+    /// What it may reach: `"none"` (no interface, the default) or `{"egress": [rules], "hosts": [names]}` (Styx).
     #[serde(default)]
     pub network: NetworkContract,
     /// Free-form labels, filterable in listings.
@@ -430,6 +423,7 @@ impl SoulRequest {
                 format!("{} must be more than 0 and at most 30 days", humantime::format_duration(max_sleep)),
             ));
         }
+        self.network.validate().map_err(|e| bad("network", e))?;
         validate_labels("labels", &self.labels)?;
         validate_labels("node_selector", &self.node_selector)?;
         let runtime = match self.runtime.as_deref().map(str::trim) {

@@ -74,6 +74,8 @@ pub struct AgentConfig {
     pub nyx: Option<crate::nyx::Nyx>,
     /// Where Hypnos keeps sleeping sandboxes' checkpoints (`None`: sandboxes here cannot sleep).
     pub hypnos: Option<crate::nyx::Nyx>,
+    /// Styx's networking on this node (`None`: only sandboxes without network run here).
+    pub styx: Option<Arc<crate::styx::Styx>>,
     /// FOR BENCHMARKS OF THE CONTROL PLANE ONLY: start no sandbox at all; record each as running,
     /// then as exited with code 0 after this long. Never used by tests or real realms.
     pub simulate_launch: Option<Duration>,
@@ -185,6 +187,7 @@ pub(crate) fn session_of(template: &TemplateRecord, origin: &str) -> Result<(Set
         workdir: settings.workdir.clone(),
         user: settings.user,
         resources: spec.resources,
+        netns: None,
     };
     Ok((settings, launch))
 }
@@ -495,7 +498,7 @@ impl Hecatoncheir {
                 return Ok(());
             }
         }
-        let launch = LaunchSpec {
+        let mut launch = LaunchSpec {
             id: id.clone(),
             rootfs: template.rootfs.clone(),
             command,
@@ -503,8 +506,42 @@ impl Hecatoncheir {
             workdir: settings.workdir.clone(),
             user: settings.user,
             resources: spec.resources,
+            netns: None,
         };
         let dir = self.dir(id);
+        if !spec.network.is_none() {
+            // Styx: a namespace, an address and the contract's rules; such a sandbox boots cold
+            // in its namespace (pooled and snapshot sandboxes have no network).
+            let attached = match &self.cfg.styx {
+                None => {
+                    Err("this node has no sandbox networking (Styx could not set up its bridge; see `tartarus doctor`)"
+                        .to_owned())
+                }
+                Some(styx) => styx.attach(id, &spec.network).await.map_err(|e| format!("network: {e}")),
+            };
+            let attached = match attached {
+                Ok(a) => a,
+                Err(e) => {
+                    self.fail(id, e).await?;
+                    return Ok(());
+                }
+            };
+            launch.netns = Some(attached.netns.clone());
+            let info = tartarus_core::network::NetworkInfo {
+                address: attached.address.to_string(),
+                mode: "gvisor host network inside the sandbox's namespace".into(),
+                rules: attached.rules.clone(),
+            };
+            self.record(id, move |r| r.network = Some(info.clone())).await?;
+            let started = async {
+                let main = self.runtime.create(&launch, &dir).await?;
+                self.runtime.start(&dir, &main, &self.cfg.shim_exe).await
+            }
+            .await;
+            return self
+                .launched(&rec, started.map_err(AgentError::from), takes, settings, &dir, Some("cold".into()))
+                .await;
+        }
         if let Some(sleep) = rec.sleep.clone() {
             // Hypnos's wake: the sandbox's own checkpoint, not a boot.
             let started = self.wake_here(&rec, &sleep, &launch, &dir).await;
@@ -548,6 +585,7 @@ impl Hecatoncheir {
             Err(e) => {
                 let _ = self.runtime.destroy(id).await;
                 let _ = crate::lethe::forget(dir).await;
+                self.unplug(id).await;
                 let verb = if waking.is_some() { "could not wake" } else { "could not start" };
                 self.fail(id, format!("{verb}: {}", error_chain(&e))).await?;
                 if let Some(sleep) = &waking {
@@ -601,6 +639,7 @@ impl Hecatoncheir {
             let _ = self.runtime.kill(id, libc::SIGKILL, true).await;
             let _ = self.runtime.destroy(id).await;
             let _ = crate::lethe::forget(dir).await;
+            self.unplug(id).await;
             return Ok(());
         }
         if let Some(sleep) = &waking {
@@ -1057,6 +1096,7 @@ impl Hecatoncheir {
         if let Err(e) = crate::lethe::forget(&dir).await {
             warn!(sandbox = %id, error = %e, "wiping the writable layer failed");
         }
+        self.unplug(id).await;
         self.live.lock().expect("lock").remove(id);
         if let Ok(Some(rec)) = outcome {
             let hooks: Vec<Arc<dyn MortemHook>> = self.hooks.lock().expect("lock").clone();
@@ -1066,6 +1106,13 @@ impl Hecatoncheir {
             if let Some(url) = rec.spec.callback_url.clone() {
                 tokio::spawn(crate::thanatos::call_back(url, rec));
             }
+        }
+    }
+
+    /// Removes sandbox `id`'s network (Styx), if it had one.
+    async fn unplug(&self, id: &SandboxId) {
+        if let Some(styx) = &self.cfg.styx {
+            styx.detach(id).await;
         }
     }
 
@@ -1147,6 +1194,11 @@ impl Hecatoncheir {
             }
         }
         self.sweep().await;
+        if let Some(styx) = &self.cfg.styx {
+            // Networks of sandboxes that ended, or were never started, while the agent was away.
+            let keep: std::collections::HashSet<SandboxId> = self.live.lock().expect("lock").keys().cloned().collect();
+            styx.sweep(&keep).await;
+        }
         Ok(report)
     }
 

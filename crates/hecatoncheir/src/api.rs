@@ -405,6 +405,7 @@ mod tests {
             address: None,
             nyx: None,
             hypnos: None,
+            styx: None,
             simulate_launch: None,
         };
         let agent = Hecatoncheir::new(cfg, Arc::new(Refusing), Stores::embedded(store), Events::default());

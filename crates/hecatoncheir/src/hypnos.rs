@@ -44,6 +44,11 @@ impl Hecatoncheir {
                 "it was launched from {from}: its main process was started by `runsc exec`, and such processes do not survive a restore with the runsc in use; only sandboxes that booted (launched_from: cold) can sleep"
             )));
         }
+        if !rec.spec.network.is_none() {
+            return Err(AgentError::CannotSleep(
+                "it has a network (Styx): its namespace and address are not carried across a sleep yet".into(),
+            ));
+        }
         if activity.falling_asleep.swap(true, Ordering::SeqCst) {
             return Err(AgentError::CannotSleep("it is already falling asleep".into()));
         }

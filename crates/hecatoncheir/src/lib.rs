@@ -26,6 +26,7 @@ pub mod pool;
 pub mod rootfs;
 pub mod runtime;
 pub mod shim;
+pub mod styx;
 pub mod thanatos;
 
 pub use agent::{AgentConfig, AgentError, ExecStream, Hecatoncheir};

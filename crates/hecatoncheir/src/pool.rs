@@ -218,6 +218,7 @@ impl Hecatoncheir {
                         stderr: log,
                         exit_file: dir.root().join("pool.exit"),
                         wait_status: false,
+                        netns: None,
                     };
                     let mut shim = spec.spawn(&self.cfg.shim_exe, &dir).map_err(|source| {
                         crate::runtime::RuntimeError::Spawn { program: self.cfg.shim_exe.display().to_string(), source }

@@ -31,6 +31,10 @@ pub struct ShimSpec {
     /// not its own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wait_status: bool,
+    /// A network namespace (Styx's, `/run/netns/…`) the shim enters before it starts the
+    /// command, so the sandbox's runtime networks there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
 }
 
 /// How the main command ended, as recorded by the shim.
@@ -151,6 +155,11 @@ fn waited_status(stdout: &[u8]) -> Option<ShimExit> {
 pub fn run(dir: &Path) -> io::Result<ShimExit> {
     let spec: ShimSpec = serde_json::from_slice(&std::fs::read(dir.join("shim.json"))?).map_err(io::Error::other)?;
     let (program, args) = spec.argv.split_first().ok_or_else(|| io::Error::other("empty main command"))?;
+    if let Some(ns) = &spec.netns {
+        // The shim is single-threaded: entering the namespace here moves everything it starts.
+        let f = std::fs::File::open(ns)?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    }
     let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p);
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stderr(open(&spec.stderr)?);

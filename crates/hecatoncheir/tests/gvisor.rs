@@ -108,6 +108,7 @@ async fn session_lifecycle_exec_pause_resume_checkpoint_destroy() {
         workdir: "/".into(),
         user: (0, 0),
         resources: Resources::default(),
+        netns: None,
     };
     let main = rt.create(&spec, &dir).await.unwrap();
     let mut child =
@@ -159,6 +160,7 @@ async fn main_command_exit_code_and_limits_in_the_bundle() {
         workdir: "/".into(),
         user: (0, 0),
         resources: Resources { vcpus: 1, memory_mib: 64, disk_mib: 16 },
+        netns: None,
     };
     let main = rt.create(&spec, &dir).await.unwrap();
     let out = tokio::process::Command::new(&main.argv[0]).args(&main.argv[1..]).output().await.unwrap();

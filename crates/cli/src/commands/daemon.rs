@@ -152,3 +152,16 @@ pub fn announce(lines: &[String]) -> anyhow::Result<()> {
     out.flush()?;
     Ok(())
 }
+
+/// Styx's networking on this node, or `None` (said on stderr) when its bridge and chains cannot
+/// be set up: sandboxes without a network contract still run.
+pub async fn styx(data: &Path) -> Option<std::sync::Arc<tartarus_hecatoncheir::styx::Styx>> {
+    use tartarus_hecatoncheir::styx::{Styx, StyxConfig};
+    match Styx::start(StyxConfig::new(data)).await {
+        Ok(s) => Some(std::sync::Arc::new(s)),
+        Err(e) => {
+            eprintln!("tartarus: sandbox networking unavailable (sandboxes with a network contract will fail): {e}");
+            None
+        }
+    }
+}

@@ -18,6 +18,12 @@ use crate::output;
   tartarus run --template busybox --node-selector zone=a -- echo on a zone-a node
   tartarus run --template busybox                         # a session: prints its id once it
                                                           # runs, for `tartarus exec ID -- CMD`
+  tartarus run --template busybox --allow-egress 10.1.2.3:443 -- wget -qO- https://10.1.2.3/
+  tartarus run --template python --allow-host pypi.org:443 --allow-egress 1.1.1.1:53/udp -- pip download x
+
+Network: none by default (loopback only). Each --allow-* opens one destination; the node's own
+addresses, the metadata address 169.254.169.254 and other sandboxes stay unreachable whatever
+is allowed. The record's `network` says the sandbox's address and the rules in force.
 
 Exit codes: the command's own; 124 when it ran past --timeout, 137 when killed otherwise,
 125 when the sandbox failed, 130 when interrupted and 141 when the output pipe closed (the
@@ -53,6 +59,14 @@ pub struct Args {
     /// Print the sandbox's id and return at once instead of streaming its output.
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// Let the sandbox reach CIDR (e.g. 10.0.0.0/8, 1.2.3.4:443, 8.8.8.8:53/udp); repeatable.
+    /// Without any --allow-* flag the sandbox has no network at all.
+    #[arg(long = "allow-egress", value_name = "CIDR[:PORT[/tcp|udp]]", value_parser = tartarus_core::network::EgressRule::parse_cli)]
+    pub allow_egress: Vec<tartarus_core::network::EgressRule>,
+    /// Let the sandbox reach a host name's addresses, resolved by the node at launch (e.g.
+    /// pypi.org:443); repeatable.
+    #[arg(long = "allow-host", value_name = "NAME[:PORT]", value_parser = |s: &str| tartarus_core::network::AllowedHost::try_from(s.to_owned()))]
+    pub allow_host: Vec<tartarus_core::network::AllowedHost>,
     /// Sessions only, with Hypnos on (ENABLE_HYPNOS=1): sleep after this long without an exec
     /// instead of ending at the idle timeout (`tartarus wake` restores it).
     #[arg(long, value_name = "DURATION", value_parser = args::duration)]
@@ -83,6 +97,10 @@ impl Args {
             max_duration: self.timeout,
             labels: args::to_map(self.labels.clone()),
             node_selector: args::to_map(self.node_selector.clone()),
+            network: tartarus_core::NetworkContract {
+                egress: self.allow_egress.clone(),
+                hosts: self.allow_host.clone(),
+            },
             sleep_after: self.sleep_after,
             max_sleep: self.max_sleep,
             ..SoulRequest::default()

@@ -34,6 +34,9 @@ pub struct LaunchSpec {
     pub user: (u32, u32),
     /// Limits.
     pub resources: Resources,
+    /// The network namespace (Styx) the sandbox runs in, reaching what its contract allows;
+    /// `None`: no network at all.
+    pub netns: Option<PathBuf>,
 }
 
 /// The command that runs a sandbox's main process to its end; the shim runs it.
@@ -45,12 +48,15 @@ pub struct MainCommand {
     /// [`crate::shim::ShimSpec::wait_status`]).
     #[serde(default)]
     pub wait_status: bool,
+    /// The network namespace to run it in (the shim enters it first).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 impl MainCommand {
     /// A main command whose own exit status is the sandbox's.
     pub fn new(argv: Vec<String>) -> Self {
-        Self { argv, wait_status: false }
+        Self { argv, wait_status: false, netns: None }
     }
 }
 
@@ -140,6 +146,7 @@ pub trait Runtime: Send + Sync {
             stderr: dir.stderr(),
             exit_file: dir.exit_file(),
             wait_status: main.wait_status,
+            netns: main.netns.clone(),
         }
         .spawn(shim_exe, dir)
         .map_err(|source| RuntimeError::Spawn { program: shim_exe.display().to_string(), source })

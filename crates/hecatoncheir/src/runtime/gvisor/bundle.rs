@@ -63,6 +63,14 @@ pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, cgroup: &str) -
     let linux = spec_out.linux().clone().unwrap_or_else(|| LinuxBuilder::default().build().expect("linux"));
     let mut linux = linux;
     linux.set_cgroups_path(Some(cgroup.into())).set_resources(Some(resources));
+    if spec.netns.is_some() {
+        // Styx: the sandbox uses the network of the namespace runsc is started in; a network
+        // namespace of its own in the spec would leave it with loopback only.
+        let namespaces = linux.namespaces().clone().unwrap_or_default();
+        linux.set_namespaces(Some(
+            namespaces.into_iter().filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network).collect(),
+        ));
+    }
     spec_out
         .set_hostname(Some("tartarus".into()))
         .set_process(Some(process))
@@ -116,6 +124,7 @@ mod tests {
             workdir: "/".into(),
             user: (0, 0),
             resources: Resources { vcpus: 2, memory_mib: 64, disk_mib: 10 },
+            netns: None,
         };
         let v: serde_json::Value =
             serde_json::from_str(&config(&spec, "/bin/busybox".as_ref(), "/tartarus/x")).unwrap();

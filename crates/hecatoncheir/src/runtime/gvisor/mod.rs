@@ -253,7 +253,7 @@ impl Gvisor {
         image_dir: &Path,
         to_logs: bool,
     ) -> Result<(), RuntimeError> {
-        let mut args = self.sandbox_args(dir);
+        let mut args = self.sandbox_args(dir, false);
         args.drain(..2); // --root comes from base_args
         args.extend([
             "restore".into(),
@@ -345,9 +345,18 @@ impl Gvisor {
         vec!["--root".into(), self.state_root.display().to_string()]
     }
 
-    /// Flags that shape a new sandbox (given to `run` and `restore`).
-    fn sandbox_args(&self, dir: &SandboxDir) -> Vec<String> {
-        sandbox_flags(&self.state_root, self.platform, Some(overlay_flag(&self.runsc, &dir.writable())))
+    /// Flags that shape a new sandbox (given to `run` and `restore`). With a network namespace
+    /// (Styx), gVisor uses the network of the namespace it is started in (`--network=host`):
+    /// the netstack mode (`--network=sandbox`) of the runsc builds Debian offers refuses to start
+    /// on kernels 6.x, and `host` inside the namespace confines it just the same.
+    fn sandbox_args(&self, dir: &SandboxDir, networked: bool) -> Vec<String> {
+        let mut a = sandbox_flags(&self.state_root, self.platform, Some(overlay_flag(&self.runsc, &dir.writable())));
+        if networked {
+            for f in a.iter_mut().filter(|f| f.as_str() == "--network=none") {
+                *f = "--network=host".into();
+            }
+        }
+        a
     }
 
     fn command(&self, args: &[String]) -> Command {
@@ -398,9 +407,9 @@ impl Runtime for Gvisor {
     async fn create(&self, spec: &LaunchSpec, dir: &SandboxDir) -> Result<MainCommand, RuntimeError> {
         self.prepare(spec, dir)?;
         let mut argv = vec![self.runsc.path.display().to_string()];
-        argv.extend(self.sandbox_args(dir));
+        argv.extend(self.sandbox_args(dir, spec.netns.is_some()));
         argv.extend(["run".into(), "--bundle".into(), dir.bundle().display().to_string(), spec.id.to_string()]);
-        Ok(MainCommand::new(argv))
+        Ok(MainCommand { netns: spec.netns.clone(), ..MainCommand::new(argv) })
     }
 
     async fn exec(&self, id: &SandboxId, spec: &ExecSpec) -> Result<tokio::process::Child, RuntimeError> {
@@ -504,7 +513,7 @@ impl Runtime for Gvisor {
         let mut argv = vec![self.runsc.path.display().to_string()];
         argv.extend(self.base_args());
         argv.extend(["wait".into(), spec.id.to_string()]);
-        Ok(MainCommand { argv, wait_status: true })
+        Ok(MainCommand { argv, wait_status: true, netns: None })
     }
 
     async fn hand_over(

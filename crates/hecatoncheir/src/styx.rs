@@ -1,0 +1,418 @@
+//! Styx on the node: the bridge, a network namespace and veth pair per sandbox, addresses that
+//! survive restarts, and the iptables rules that hold each sandbox to its network contract.
+//!
+//! Layout: a bridge (`tartarus0`, 172.16.0.1/16 by default) owned by the agent; per sandbox a
+//! namespace `tt-<id hex>` whose `eth0` is one end of a veth pair, the other end (`tt<12 hex>`)
+//! an *isolated* bridge port (isolated ports cannot talk to each other, so sandboxes never see
+//! each other at layer 2). The sandbox's runtime runs inside that namespace (gVisor with
+//! `--network=host` where its netstack is unavailable), so whatever it sends leaves through the
+//! veth, and the host's iptables decide:
+//!
+//! - `TARTARUS-IN` (from `INPUT -i tartarus0`): replies only; nothing of the host is reachable
+//!   from a sandbox, the bridge's own address included.
+//! - `TARTARUS-FWD` (from `FORWARD` for the bridge): replies to sandboxes pass; traffic between
+//!   sandboxes and to the metadata address 169.254.169.254 is dropped; then each sandbox's own
+//!   chain `TT-<id hex>` (through `TARTARUS-SBX`) accepts what its contract allows; the rest is
+//!   dropped. Nothing from outside may open a connection to a sandbox.
+//! - `TARTARUS-NAT` (from `nat POSTROUTING`): masquerade for allowed egress.
+//!
+//! Addresses are leases, one file per address under `<data-dir>/styx/leases`, created
+//! exclusively, so two sandboxes never share one and a restarted agent knows what is taken.
+//! [`Styx::sweep`] removes every namespace, interface, chain and lease of sandboxes that no longer
+//! exist. Only the agent's own chains are written; the operator's rules are never touched beyond
+//! the jumps into them.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use tartarus_core::network::{Cidr, EgressRule, Protocol};
+use tartarus_core::{NetworkContract, SandboxId};
+use tokio::process::Command;
+use tracing::{info, warn};
+
+/// The cloud metadata address, never reachable.
+pub const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// How Styx is set up on this node.
+#[derive(Debug, Clone)]
+pub struct StyxConfig {
+    /// The bridge (`tartarus0`).
+    pub bridge: String,
+    /// The sandboxes' subnet; its first address is the bridge's (172.16.0.0/16).
+    pub subnet: Cidr,
+    /// The interface allowed egress leaves through (`None`: any but the bridge).
+    pub uplink: Option<String>,
+    /// Where leases are kept (`<data-dir>/styx`).
+    pub state_dir: PathBuf,
+}
+
+impl StyxConfig {
+    /// The defaults under `data_dir`.
+    pub fn new(data_dir: &std::path::Path) -> Self {
+        Self {
+            bridge: "tartarus0".into(),
+            subnet: Cidr { addr: Ipv4Addr::new(172, 16, 0, 0), prefix: 16 },
+            uplink: None,
+            state_dir: data_dir.join("styx"),
+        }
+    }
+}
+
+/// A networking step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StyxError {
+    /// A tool (`ip`, `iptables`, `bridge`) refused.
+    #[error("{command}: {message}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it said.
+        message: String,
+    },
+    /// Reading or writing state failed.
+    #[error("{0}")]
+    Io(String),
+    /// Every address of the subnet is leased.
+    #[error("no free address left in {0}")]
+    Exhausted(Cidr),
+    /// A host name of the contract did not resolve.
+    #[error("{0}")]
+    Resolve(String),
+}
+
+/// A sandbox's network, as set up.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attached {
+    /// Its namespace (`/run/netns/tt-…`), which its runtime runs in.
+    pub netns: PathBuf,
+    /// Its address.
+    pub address: Ipv4Addr,
+    /// The rules in force, in words.
+    pub rules: Vec<String>,
+}
+
+/// Names of one sandbox's network objects.
+struct Names {
+    netns: String,
+    veth: String,
+    chain: String,
+}
+
+fn names(id: &SandboxId) -> Names {
+    let hex = id.as_str().trim_start_matches("sb-");
+    Names { netns: format!("tt-{hex}"), veth: format!("tt{}", &hex[..12]), chain: format!("TT-{hex}") }
+}
+
+/// Runs a command; its stderr is the error.
+async fn run(program: &str, args: &[&str]) -> Result<String, StyxError> {
+    let out = Command::new(program).args(args).output().await.map_err(|e| StyxError::Command {
+        command: format!("{program} {}", args.join(" ")),
+        message: format!("cannot run {program}: {e}"),
+    })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(StyxError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+async fn ipt(args: &[&str]) -> Result<String, StyxError> {
+    let mut a = vec!["-w"];
+    a.extend_from_slice(args);
+    run("iptables", &a).await
+}
+
+/// Adds rule `rule` to `chain` of `table` unless it is there.
+async fn ensure_rule(table: &str, chain: &str, rule: &[&str], insert: bool) -> Result<(), StyxError> {
+    let mut check = vec!["-t", table, "-C", chain];
+    check.extend_from_slice(rule);
+    if ipt(&check).await.is_ok() {
+        return Ok(());
+    }
+    let mut add = vec!["-t", table, if insert { "-I" } else { "-A" }, chain];
+    add.extend_from_slice(rule);
+    ipt(&add).await.map(drop)
+}
+
+/// Creates `chain` in `table` if missing, and empties it.
+async fn fresh_chain(table: &str, chain: &str) -> Result<(), StyxError> {
+    let _ = ipt(&["-t", table, "-N", chain]).await;
+    ipt(&["-t", table, "-F", chain]).await.map(drop)
+}
+
+/// Node networking.
+#[derive(Debug)]
+pub struct Styx {
+    cfg: StyxConfig,
+    gateway: Ipv4Addr,
+}
+
+impl Styx {
+    /// Sets up the bridge, forwarding and the agent's chains (idempotent; existing sandboxes'
+    /// chains and jumps are kept).
+    pub async fn start(cfg: StyxConfig) -> Result<Self, StyxError> {
+        let gateway = Ipv4Addr::from(u32::from(cfg.subnet.addr) + 1);
+        let leases = cfg.state_dir.join("leases");
+        std::fs::create_dir_all(&leases).map_err(|e| StyxError::Io(format!("creating {}: {e}", leases.display())))?;
+        let br = cfg.bridge.as_str();
+        if run("ip", &["link", "show", br]).await.is_err() {
+            run("ip", &["link", "add", br, "type", "bridge"]).await?;
+        }
+        let cidr = format!("{gateway}/{}", cfg.subnet.prefix);
+        run("ip", &["addr", "replace", &cidr, "dev", br]).await?;
+        run("ip", &["link", "set", br, "up"]).await?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| StyxError::Io(format!("enabling IP forwarding: {e}")))?;
+        let subnet = cfg.subnet.to_string();
+        let metadata = METADATA.to_string();
+        // The host: replies only.
+        fresh_chain("filter", "TARTARUS-IN").await?;
+        ipt(&["-A", "TARTARUS-IN", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]).await?;
+        ipt(&["-A", "TARTARUS-IN", "-j", "DROP"]).await?;
+        ensure_rule("filter", "INPUT", &["-i", br, "-j", "TARTARUS-IN"], true).await?;
+        // Forwarding: replies in; no sandbox to sandbox, no metadata; each sandbox's own chain; else drop.
+        let _ = ipt(&["-N", "TARTARUS-SBX"]).await;
+        fresh_chain("filter", "TARTARUS-FWD").await?;
+        ipt(&["-A", "TARTARUS-FWD", "-o", br, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"])
+            .await?;
+        ipt(&["-A", "TARTARUS-FWD", "-o", br, "-j", "DROP"]).await?;
+        ipt(&["-A", "TARTARUS-FWD", "-d", &subnet, "-j", "DROP"]).await?;
+        ipt(&["-A", "TARTARUS-FWD", "-d", &metadata, "-j", "DROP"]).await?;
+        ipt(&["-A", "TARTARUS-FWD", "-i", br, "-j", "TARTARUS-SBX"]).await?;
+        ipt(&["-A", "TARTARUS-FWD", "-j", "DROP"]).await?;
+        ensure_rule("filter", "FORWARD", &["-i", br, "-j", "TARTARUS-FWD"], true).await?;
+        ensure_rule("filter", "FORWARD", &["-o", br, "-j", "TARTARUS-FWD"], true).await?;
+        // Masquerade what leaves.
+        fresh_chain("nat", "TARTARUS-NAT").await?;
+        let mut masq = vec!["-t", "nat", "-A", "TARTARUS-NAT", "-s", &subnet];
+        match &cfg.uplink {
+            Some(up) => masq.extend(["-o", up.as_str()]),
+            None => masq.extend(["!", "-o", br]),
+        }
+        masq.extend(["-j", "MASQUERADE"]);
+        ipt(&masq).await?;
+        ensure_rule("nat", "POSTROUTING", &["-j", "TARTARUS-NAT"], true).await?;
+        info!(bridge = %br, address = %cidr, "Styx: bridge and chains ready");
+        Ok(Self { cfg, gateway })
+    }
+
+    /// The bridge's name and address.
+    pub fn describe(&self) -> String {
+        format!("bridge {} {}/{}", self.cfg.bridge, self.gateway, self.cfg.subnet.prefix)
+    }
+
+    fn lease_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("leases")
+    }
+
+    /// Takes a free address for `id` (an exclusive lease file).
+    fn lease(&self, id: &SandboxId) -> Result<Ipv4Addr, StyxError> {
+        let dir = self.lease_dir();
+        let first = u32::from(self.gateway) + 1;
+        let size = 1u32 << (32 - u32::from(self.cfg.subnet.prefix));
+        let last = u32::from(self.cfg.subnet.addr) + size - 2;
+        // Start after the highest address in use, so a just-released one is not reused at once.
+        let taken: Vec<u32> = self.leases().into_iter().map(|(ip, _)| u32::from(ip)).collect();
+        let start = taken.iter().max().map_or(first, |m| if *m >= last { first } else { m + 1 });
+        for n in (start..=last).chain(first..start) {
+            let ip = Ipv4Addr::from(n);
+            let path = dir.join(ip.to_string());
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    std::io::Write::write_all(&mut f, id.as_str().as_bytes())
+                        .map_err(|e| StyxError::Io(format!("writing {}: {e}", path.display())))?;
+                    return Ok(ip);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(StyxError::Io(format!("creating {}: {e}", path.display()))),
+            }
+        }
+        Err(StyxError::Exhausted(self.cfg.subnet))
+    }
+
+    /// Every lease: address → sandbox.
+    pub fn leases(&self) -> Vec<(Ipv4Addr, SandboxId)> {
+        let Ok(entries) = std::fs::read_dir(self.lease_dir()) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let ip: Ipv4Addr = e.file_name().to_str()?.parse().ok()?;
+                let id = SandboxId::parse(std::fs::read_to_string(e.path()).ok()?.trim()).ok()?;
+                Some((ip, id))
+            })
+            .collect()
+    }
+
+    /// The rules a contract turns into, each as iptables arguments, with `hosts` resolved now.
+    async fn rules_of(contract: &NetworkContract) -> Result<Vec<EgressRule>, StyxError> {
+        let mut rules = contract.egress.clone();
+        for h in &contract.hosts {
+            let addrs = tokio::net::lookup_host((h.name.as_str(), h.port.unwrap_or(0)))
+                .await
+                .map_err(|e| StyxError::Resolve(format!("host {}: {e}", h.name)))?;
+            let v4: HashSet<Ipv4Addr> = addrs
+                .filter_map(|a| match a.ip() {
+                    std::net::IpAddr::V4(v4) => Some(v4),
+                    _ => None,
+                })
+                .collect();
+            if v4.is_empty() {
+                return Err(StyxError::Resolve(format!("host {} has no IPv4 address", h.name)));
+            }
+            let mut v4: Vec<Ipv4Addr> = v4.into_iter().collect();
+            v4.sort();
+            for ip in v4 {
+                let (ports, protocol) = match h.port {
+                    Some(p) => (vec![p], Some(Protocol::Tcp)),
+                    None => (Vec::new(), None),
+                };
+                rules.push(EgressRule { cidr: Cidr::host(ip), ports, protocol });
+            }
+        }
+        Ok(rules)
+    }
+
+    /// Gives sandbox `id` its namespace, interface, address and rules.
+    pub async fn attach(&self, id: &SandboxId, contract: &NetworkContract) -> Result<Attached, StyxError> {
+        let rules = Self::rules_of(contract).await?;
+        let address = self.lease(id)?;
+        let done = self.plumb(id, address, &rules).await;
+        match done {
+            Ok(rules) => Ok(Attached { netns: PathBuf::from("/run/netns").join(names(id).netns), address, rules }),
+            Err(e) => {
+                self.detach(id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn plumb(&self, id: &SandboxId, address: Ipv4Addr, rules: &[EgressRule]) -> Result<Vec<String>, StyxError> {
+        let n = names(id);
+        let (ns, veth, chain) = (n.netns.as_str(), n.veth.as_str(), n.chain.as_str());
+        run("ip", &["netns", "add", ns]).await?;
+        run("ip", &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns]).await?;
+        run("ip", &["link", "set", veth, "master", &self.cfg.bridge, "up"]).await?;
+        run("bridge", &["link", "set", "dev", veth, "isolated", "on"]).await?;
+        let cidr = format!("{address}/{}", self.cfg.subnet.prefix);
+        run("ip", &["-n", ns, "addr", "add", &cidr, "dev", "eth0"]).await?;
+        run("ip", &["-n", ns, "link", "set", "eth0", "up"]).await?;
+        run("ip", &["-n", ns, "link", "set", "lo", "up"]).await?;
+        run("ip", &["-n", ns, "route", "add", "default", "via", &self.gateway.to_string()]).await?;
+        fresh_chain("filter", chain).await?;
+        let mut said = Vec::new();
+        for r in rules {
+            let dest = r.cidr.to_string();
+            let ports = r.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+            let protocols = r.protocols();
+            if protocols.is_empty() {
+                ipt(&["-A", chain, "-d", &dest, "-j", "ACCEPT"]).await?;
+                said.push(format!("allow {dest} (all ports)"));
+            }
+            for p in protocols {
+                let mut a = vec!["-A", chain, "-d", dest.as_str(), "-p", p.as_str()];
+                if !ports.is_empty() {
+                    a.extend(["-m", "multiport", "--dports", ports.as_str()]);
+                }
+                a.extend(["-j", "ACCEPT"]);
+                ipt(&a).await?;
+                let what = if ports.is_empty() { "all ports".to_owned() } else { format!("port {ports}") };
+                said.push(format!("allow {dest} {} {what}", p.as_str()));
+            }
+        }
+        said.push("deny everything else (the host, other sandboxes, 169.254.169.254 always)".into());
+        ipt(&["-A", "TARTARUS-SBX", "-s", &address.to_string(), "-i", &self.cfg.bridge, "-j", chain]).await?;
+        Ok(said)
+    }
+
+    /// Removes everything of sandbox `id`'s network (idempotent; what is already gone is skipped).
+    pub async fn detach(&self, id: &SandboxId) {
+        let n = names(id);
+        let addresses: Vec<Ipv4Addr> =
+            self.leases().into_iter().filter(|(_, owner)| owner == id).map(|(ip, _)| ip).collect();
+        for ip in &addresses {
+            let _ = ipt(&["-D", "TARTARUS-SBX", "-s", &ip.to_string(), "-i", &self.cfg.bridge, "-j", &n.chain]).await;
+        }
+        let _ = ipt(&["-F", &n.chain]).await;
+        let _ = ipt(&["-X", &n.chain]).await;
+        let _ = run("ip", &["netns", "del", &n.netns]).await;
+        let _ = run("ip", &["link", "del", &n.veth]).await;
+        for ip in addresses {
+            let _ = std::fs::remove_file(self.lease_dir().join(ip.to_string()));
+        }
+    }
+
+    /// Removes the networks of sandboxes not in `keep`: leases, namespaces, interfaces, chains
+    /// and jumps left by sandboxes that ended while the agent was away (or was killed).
+    pub async fn sweep(&self, keep: &HashSet<SandboxId>) {
+        let mut gone: HashSet<SandboxId> =
+            self.leases().into_iter().map(|(_, id)| id).filter(|id| !keep.contains(id)).collect();
+        // Objects without a lease: by their names.
+        if let Ok(out) = run("ip", &["netns", "list"]).await {
+            for ns in out.lines().filter_map(|l| l.split_whitespace().next()) {
+                if let Some(id) = ns.strip_prefix("tt-").and_then(|h| SandboxId::parse(&format!("sb-{h}")).ok()) {
+                    if !keep.contains(&id) {
+                        gone.insert(id);
+                    }
+                }
+            }
+        }
+        if let Ok(out) = ipt(&["-S"]).await {
+            for chain in out.lines().filter_map(|l| l.strip_prefix("-N TT-")) {
+                if let Ok(id) = SandboxId::parse(&format!("sb-{chain}")) {
+                    if !keep.contains(&id) {
+                        gone.insert(id);
+                    }
+                }
+            }
+        }
+        let keep_veths: HashSet<String> = keep.iter().map(|id| names(id).veth).collect();
+        for id in &gone {
+            info!(sandbox = %id, "Styx: removing the network of a sandbox that no longer runs here");
+            self.detach(id).await;
+        }
+        // Jumps to chains that no longer exist, and stray veths on the bridge.
+        if let Ok(out) = ipt(&["-S", "TARTARUS-SBX"]).await {
+            for rule in out.lines().filter(|l| l.starts_with("-A TARTARUS-SBX")) {
+                let target = rule.rsplit(' ').next().unwrap_or_default();
+                let owner = target.strip_prefix("TT-").and_then(|h| SandboxId::parse(&format!("sb-{h}")).ok());
+                if owner.is_some_and(|id| !keep.contains(&id)) {
+                    let args: Vec<&str> = rule.split_whitespace().skip(1).collect();
+                    let mut del = vec!["-D"];
+                    del.extend(args);
+                    if let Err(e) = ipt(&del).await {
+                        warn!(error = %e, "Styx: removing a stale jump failed");
+                    }
+                }
+            }
+        }
+        if let Ok(out) = run("ip", &["-o", "link", "show", "master", &self.cfg.bridge]).await {
+            for name in
+                out.lines().filter_map(|l| l.split(':').nth(1)).map(|s| s.trim().split('@').next().unwrap_or(""))
+            {
+                if name.starts_with("tt") && !keep_veths.contains(name) {
+                    let _ = run("ip", &["link", "del", name]).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernel_limits() {
+        let id = SandboxId::parse("sb-0123456789abcdef").unwrap();
+        let n = names(&id);
+        assert_eq!(
+            (n.netns.as_str(), n.veth.as_str(), n.chain.as_str()),
+            ("tt-0123456789abcdef", "tt0123456789ab", "TT-0123456789abcdef")
+        );
+        assert!(n.veth.len() <= 15 && n.chain.len() <= 28);
+    }
+}
