@@ -1090,7 +1090,7 @@ impl Hecatoncheir {
             Ok(None) => warn!(sandbox = %id, "ended sandbox has no record"),
             Err(e) => warn!(sandbox = %id, error = %e, "could not record the end of a sandbox"),
         }
-        if let Err(e) = self.runtime.destroy(id).await {
+        if let Err(e) = self.stop_and_destroy(id).await {
             warn!(sandbox = %id, error = %error_chain(&e), "releasing the sandbox failed");
         }
         if let Err(e) = crate::lethe::forget(&dir).await {
@@ -1107,6 +1107,23 @@ impl Hecatoncheir {
                 tokio::spawn(crate::thanatos::call_back(url, rec));
             }
         }
+    }
+
+    /// Releases sandbox `id` in the runtime: whatever still runs in it (the keeper of a restored
+    /// or pooled sandbox outlives its command) is killed and seen stopped first, since `runsc
+    /// delete` of a running sandbox can outlast runsc's own 5 s timeout.
+    pub(crate) async fn stop_and_destroy(&self, id: &SandboxId) -> Result<SandboxStats, RuntimeError> {
+        if matches!(self.runtime.status(id).await, Ok(Some(RuntimeStatus::Running | RuntimeStatus::Paused))) {
+            self.thaw(id).await;
+            let _ = self.runtime.kill(id, libc::SIGKILL, true).await;
+            let give_up = Instant::now() + self.runtime.kill_grace();
+            while Instant::now() < give_up
+                && matches!(self.runtime.status(id).await, Ok(Some(RuntimeStatus::Running | RuntimeStatus::Paused)))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        self.runtime.destroy(id).await
     }
 
     /// Removes sandbox `id`'s network (Styx), if it had one.

@@ -242,16 +242,7 @@ impl Hecatoncheir {
 
     /// Ends a pooled sandbox that was never handed over and removes its directory.
     async fn release_pooled(&self, p: &Pooled) {
-        // Killed first and seen stopped: deleting a running sandbox can outlast runsc's own timeout.
-        let _ = self.runtime.kill(&p.id, libc::SIGKILL, true).await;
-        let give_up = Instant::now() + self.runtime.kill_grace();
-        while Instant::now() < give_up {
-            match self.runtime.status(&p.id).await {
-                Ok(Some(crate::runtime::RuntimeStatus::Stopped)) | Ok(None) | Err(_) => break,
-                Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        if let Err(e) = self.runtime.destroy(&p.id).await {
+        if let Err(e) = self.stop_and_destroy(&p.id).await {
             warn!(sandbox = %p.id, error = %error_chain(&e), "releasing a pooled sandbox failed");
         }
         // A booted one's shim records its exit in the directory as it goes: let it finish first.

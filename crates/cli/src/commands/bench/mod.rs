@@ -67,7 +67,8 @@ end), so the template itself is never changed; cold rounds use a copy too when t
 a snapshot. A copy keeps the rootfs, not an image's defaults (entrypoint, env, user). Pool
 rounds use a copy with a warm pool of 2 (warmed first when --warm-command is given, so pooled
 sandboxes are restored from its snapshot); each round waits, untimed, until one is ready, and a
-run not served from the pool counts as a failure.
+run not served from the pool counts as a failure. With --from pool, raw `runsc exec` of the command
+into a raw session booted beforehand (untimed) is timed too: the floor of the pool path.
 
 Progress goes to stderr, the result to stdout. Exit code 1 when any measured run failed.")]
 pub struct StartArgs {
@@ -196,6 +197,9 @@ struct Report {
     /// tartarus-cold p50 over tartarus-pool p50 (how many times faster the pool is).
     #[serde(skip_serializing_if = "Option::is_none")]
     cold_over_pool_p50: Option<f64>,
+    /// tartarus-pool p50 minus runsc-exec p50: what the realm adds to running the command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool_overhead_p50_ms: Option<f64>,
     /// tartarus-cold p50 over tartarus-snapshot p50 (how many times faster the snapshot is).
     #[serde(skip_serializing_if = "Option::is_none")]
     cold_over_snapshot_p50: Option<f64>,
@@ -252,8 +256,23 @@ impl RawSetup {
     /// One raw `runsc restore -detach` of the snapshot and `runsc exec` of the command to its
     /// exit; the sandbox is deleted afterwards, untimed.
     async fn restore_once(&self, label: &str) -> Result<Duration, String> {
-        let image = self.image.as_ref().ok_or("no snapshot to restore")?;
-        let id = format!("tartarus-bench-{}-r{label}", std::process::id());
+        self.session_once(label, true).await
+    }
+
+    /// One raw `runsc exec` of the command into a session sandbox booted beforehand (untimed):
+    /// the floor of the pool path, which runs the command in a sandbox kept ready.
+    async fn exec_once(&self, label: &str) -> Result<Duration, String> {
+        self.session_once(label, false).await
+    }
+
+    /// A raw session sandbox, restored from the snapshot (timed with the exec) or booted
+    /// (untimed), then `runsc exec` of the command in it; deleted afterwards, untimed.
+    async fn session_once(&self, label: &str, restore: bool) -> Result<Duration, String> {
+        let image = match (restore, self.image.as_ref()) {
+            (true, None) => return Err("no snapshot to restore".into()),
+            (_, image) => image,
+        };
+        let id = format!("tartarus-bench-{}-{}{label}", std::process::id(), if restore { "r" } else { "e" });
         let bundle = self.tmp.path().join("bundles").join(&id);
         let upper = self.tmp.path().join("upper").join(&id);
         let cgroup = format!("{CGROUP_PARENT}/{id}");
@@ -262,34 +281,36 @@ impl RawSetup {
         std::fs::create_dir_all(&upper).map_err(|e| format!("cannot make {}: {e}", upper.display()))?;
         let state = self.tmp.path().join("state");
         let overlay = tartarus_hecatoncheir::runtime::gvisor::overlay_flag(&self.info, &upper);
-        let mut restore = tartarus_hecatoncheir::runtime::gvisor::sandbox_flags(&state, self.platform, Some(overlay));
-        restore.extend([
-            "restore".into(),
-            "-detach".into(),
-            format!("--image-path={}", image.display()),
-            "--bundle".into(),
-            bundle.display().to_string(),
-            id.clone(),
-        ]);
+        let mut start = tartarus_hecatoncheir::runtime::gvisor::sandbox_flags(&state, self.platform, Some(overlay));
+        match image.filter(|_| restore) {
+            Some(image) => start.extend([
+                "restore".into(),
+                "-detach".into(),
+                format!("--image-path={}", image.display()),
+            ]),
+            None => start.extend(["run".into(), "-detach".into()]),
+        }
+        start.extend(["--bundle".into(), bundle.display().to_string(), id.clone()]);
         let root = ["--root".to_owned(), state.display().to_string()];
-        let started = Instant::now();
-        let restored = tokio::process::Command::new(&self.info.path)
-            .args(&restore)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await;
-        let result = match restored {
+        let runsc = |args: &[String]| {
+            let mut c = tokio::process::Command::new(&self.info.path);
+            c.args(args).stdin(std::process::Stdio::null());
+            c
+        };
+        let mut started = Instant::now();
+        // Detached sandboxes inherit stdout and stderr: never pipes, which would not close.
+        let up = runsc(&start).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;
+        if !restore {
+            started = Instant::now();
+        }
+        let verb = if restore { "restore" } else { "run -detach" };
+        let result = match up {
             Ok(s) if s.success() => {
-                let out = tokio::process::Command::new(&self.info.path)
-                    .args(&root)
-                    .arg("exec")
-                    .arg(&id)
-                    .args(&self.command)
-                    .stdin(std::process::Stdio::null())
-                    .output()
-                    .await;
+                let mut exec: Vec<String> = root.to_vec();
+                exec.push("exec".into());
+                exec.push(id.clone());
+                exec.extend(self.command.iter().cloned());
+                let out = runsc(&exec).output().await;
                 let elapsed = started.elapsed();
                 match out {
                     Ok(o) if !o.status.success() => Err(format!("runsc exec {}", o.status)),
@@ -300,17 +321,14 @@ impl RawSetup {
                     Err(e) => Err(format!("cannot run runsc exec: {e}")),
                 }
             }
-            Ok(s) => Err(format!("runsc restore {s}")),
-            Err(e) => Err(format!("cannot run runsc restore: {e}")),
+            Ok(s) => Err(format!("runsc {verb} {s}")),
+            Err(e) => Err(format!("cannot run runsc {verb}: {e}")),
         };
-        let _ = tokio::process::Command::new(&self.info.path)
-            .args(&root)
-            .args(["delete", "--force", &id])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await;
+        // Killed first: deleting a running sandbox can take runsc's whole 5 s timeout.
+        for args in [vec!["kill", "--all", &id, "KILL"], vec!["delete", "--force", &id]] {
+            let args: Vec<String> = root.iter().cloned().chain(args.into_iter().map(String::from)).collect();
+            let _ = runsc(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;
+        }
         let _ = std::fs::remove_dir_all(&bundle);
         let _ = std::fs::remove_dir_all(&upper);
         raw::remove_cgroup(&cgroup);
@@ -447,12 +465,16 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
         a.n
     );
     let restores = from.contains(&From::Snapshot);
-    // Samples per contender: the realm's paths, then runsc-run, then runsc-restore.
+    let execs = from.contains(&From::Pool);
+    // Samples per contender: the realm's paths, then runsc-run, runsc-restore, runsc-exec.
     let mut samples: Vec<(&'static str, Vec<f64>, u32)> =
         paths.iter().map(|(f, _)| (f.label(), Vec::new(), 0)).collect();
     samples.push(("runsc-run", Vec::new(), 0));
     if restores {
         samples.push(("runsc-restore", Vec::new(), 0));
+    }
+    if execs {
+        samples.push(("runsc-exec", Vec::new(), 0));
     }
     for round in 0..WARM_UP + a.n {
         let measured = round >= WARM_UP;
@@ -467,6 +489,9 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
         results.push(setup.once(&round.to_string()).await);
         if restores {
             results.push(setup.restore_once(&round.to_string()).await);
+        }
+        if execs {
+            results.push(setup.exec_once(&round.to_string()).await);
         }
         for (k, res) in results.into_iter().enumerate() {
             let (name, ms_list, fails) = &mut samples[k];
@@ -545,6 +570,7 @@ fn report(results: Vec<Summary>) -> Report {
     Report {
         cold_over_snapshot_p50: cold_over("tartarus-snapshot"),
         cold_over_pool_p50: cold_over("tartarus-pool"),
+        pool_overhead_p50_ms: p50("tartarus-pool").zip(p50("runsc-exec")).map(|(p, e)| round3(p - e)),
         results,
         ratio_p50: ratio,
         overhead_p50_ms: overhead,
