@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
@@ -90,6 +90,9 @@ impl Drop for Internet {
     }
 }
 
+/// The tests share the host's bridge and chains, and check all of it for leftovers: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A shell line that tries each `addr:port` and prints `addr:port <answer or blocked>`.
 fn probe(targets: &[String]) -> String {
     let list = targets.join(" ");
@@ -116,9 +119,20 @@ fn leftovers(realm: &Realm) -> Vec<String> {
             .filter_map(|l| l.split(':').nth(1))
             .map(|n| format!("veth {}", n.trim())),
     );
-    left.extend(text(&["iptables", "-w", "-S"]).lines().filter(|l| l.contains("TT-")).map(|l| format!("rule {l}")));
-    if let Ok(entries) = std::fs::read_dir(realm.data_dir.join("styx/leases")) {
-        left.extend(entries.flatten().map(|e| format!("lease {}", e.file_name().to_string_lossy())));
+    left.extend(
+        text(&["iptables", "-w", "-S"])
+            .lines()
+            .filter(|l| l.contains("TT-") || l.contains("TX-"))
+            .map(|l| format!("rule {l}")),
+    );
+    let owner = realm.data_dir.display().to_string();
+    if let Ok(entries) = std::fs::read_dir("/run/tartarus/styx/tartarus0/leases") {
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            if text.trim().ends_with(&format!(" {owner}")) {
+                left.push(format!("lease {} {text}", e.file_name().to_string_lossy()));
+            }
+        }
     }
     left
 }
@@ -140,6 +154,7 @@ async fn sandboxes_reach_what_their_contract_allows_and_nothing_else() {
     if !common::require_prereqs() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let realm = Realm::start().await;
     let inet = Internet::start();
     let (a2, a3, host) = (inet.ip(2), inet.ip(3), inet.ip(1));
@@ -159,24 +174,42 @@ async fn sandboxes_reach_what_their_contract_allows_and_nothing_else() {
     assert!(address.starts_with("172.16."), "{rec}");
     assert!(rec["network"]["rules"].as_array().is_some_and(|r| r.len() >= 2), "{rec}");
 
-    // Another sandbox, serving on its address: reachable from the host, not from a sandbox.
-    let server = json!({"template": TEMPLATE, "command": ["sh", "-c", "while true; do echo from-b | nc -l -p 8080; done"],
-                        "network": {"egress": [{"cidr": "0.0.0.0/0"}]}});
+    // Another sandbox, serving HTTP on an exposed port (and on one it does not expose).
+    let serve = "mkdir -p /tmp/www && echo from-b > /tmp/www/index.html && httpd -p 9000 -h /tmp/www && exec httpd -f -p 8080 -h /tmp/www";
+    let server = json!({"template": TEMPLATE, "command": ["sh", "-c", serve],
+                        "network": {"egress": [{"cidr": "0.0.0.0/0"}], "ingress": [8080]}});
     let b = realm.create(server).await;
     let b = realm.wait_running(&id_of(&b), Duration::from_secs(60)).await;
+    let b_id = id_of(&b);
     let b_ip: Ipv4Addr = b["network"]["address"].as_str().expect("b's address").parse().unwrap();
-    let mut answer = String::new();
+    // Through Olympus's proxy (Charon), the exposed port answers.
+    let mut answer = json!(null);
     for _ in 0..50 {
-        if let Ok(mut c) = TcpStream::connect_timeout(&(b_ip, 8080).into(), Duration::from_secs(1)) {
-            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = c.read_to_string(&mut answer);
-            if !answer.is_empty() {
-                break;
-            }
+        let (status, body) = realm.get(&format!("/v1/sandboxes/{b_id}/ports/8080/index.html")).await;
+        if status == StatusCode::OK {
+            answer = body;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(answer, "from-b\n", "the host cannot reach sandbox b at {b_ip}");
+    assert_eq!(answer, json!("from-b\n"), "the exposed port did not answer through the proxy");
+    let (status, body) = realm.get(&format!("/v1/sandboxes/{b_id}/ports/9000/index.html")).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("port_not_exposed")), "{body}");
+    // From the host, only the exposed port opens: the other is dropped.
+    assert!(
+        TcpStream::connect_timeout(&(b_ip, 8080).into(), Duration::from_secs(2)).is_ok(),
+        "exposed port from the host"
+    );
+    assert!(
+        TcpStream::connect_timeout(&(b_ip, 9000).into(), Duration::from_secs(1)).is_err(),
+        "unexposed port reachable from the host"
+    );
+    // Exposed but nothing listening: the realm says so.
+    let quiet = json!({"template": TEMPLATE, "command": ["sleep", "30"], "network": {"ingress": [8081]}});
+    let quiet = id_of(&realm.wait_running(&id_of(&realm.create(quiet).await), Duration::from_secs(60)).await);
+    let (status, body) = realm.get(&format!("/v1/sandboxes/{quiet}/ports/8081/")).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_GATEWAY, Some("bad_gateway")), "{body}");
+    let _ = realm.delete(&format!("/v1/sandboxes/{quiet}")).await;
 
     // 0.0.0.0/0 still does not reach the metadata address, the host or another sandbox.
     let targets =
@@ -187,7 +220,7 @@ async fn sandboxes_reach_what_their_contract_allows_and_nothing_else() {
         format!("{a3}:9090 hello-9090\n169.254.169.254:8080 blocked\n{host}:7777 blocked\n{b_ip}:8080 blocked\n"),
         "{rec}"
     );
-    let (status, body) = realm.delete(&format!("/v1/sandboxes/{}", id_of(&b))).await;
+    let (status, body) = realm.delete(&format!("/v1/sandboxes/{b_id}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     until_clean(&realm).await;
 
@@ -229,6 +262,7 @@ async fn thirty_networked_sandboxes_and_a_killed_agent_leave_nothing_behind() {
     if !common::require_prereqs() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let mut realm = Realm::start().await;
     let net = json!({"egress": [{"cidr": "10.0.0.0/8", "ports": [443]}]});
     let mut ids = Vec::new();

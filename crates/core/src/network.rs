@@ -1,10 +1,10 @@
 //! Styx's network contract: what a sandbox may reach (nothing by default), parsed and checked.
 //!
 //! On the wire a contract is either `"none"` (no interface at all, the default) or an object:
-//! `{"egress": [{"cidr": "10.1.0.0/16", "ports": [443], "protocol": "tcp"}], "hosts": ["pypi.org:443"]}`.
+//! `{"egress": [{"cidr": "10.1.0.0/16", "ports": [443], "protocol": "tcp"}], "hosts": ["pypi.org:443"], "ingress": [8080]}`.
 //! Egress rules allow IPv4 destinations (a CIDR, optionally only some ports of one protocol);
 //! `hosts` are DNS names resolved by the node when the sandbox starts, each becoming rules for
-//! the addresses it resolved to. Whatever a contract says, the node's own addresses, the cloud
+//! the addresses it resolved to; `ingress` ports are served through Olympus's proxy only. Whatever a contract says, the node's own addresses, the cloud
 //! metadata address and other sandboxes stay unreachable.
 
 use std::fmt;
@@ -230,18 +230,27 @@ pub struct NetworkContract {
     /// Host names (`name` or `name:port`) resolved at launch into more allowed destinations.
     #[schema(value_type = Vec<String>)]
     pub hosts: Vec<AllowedHost>,
+    /// Ports the sandbox serves, reachable only through Olympus's proxy
+    /// (`/v1/sandboxes/{id}/ports/{port}/…`), never opened on a host.
+    pub ingress: Vec<u16>,
 }
 
 impl NetworkContract {
     /// `none`: no interface at all.
     pub fn is_none(&self) -> bool {
-        self.egress.is_empty() && self.hosts.is_empty()
+        self.egress.is_empty() && self.hosts.is_empty() && self.ingress.is_empty()
     }
 
     /// Checks every rule.
     pub fn validate(&self) -> Result<(), String> {
         if self.egress.len() + self.hosts.len() > MAX_RULES {
             return Err(format!("{} rules; at most {MAX_RULES}", self.egress.len() + self.hosts.len()));
+        }
+        if self.ingress.len() > MAX_RULES {
+            return Err(format!("ingress: {} ports; at most {MAX_RULES}", self.ingress.len()));
+        }
+        if self.ingress.contains(&0) {
+            return Err("ingress: port 0 is not a port (1 to 65535)".into());
         }
         self.egress.iter().try_for_each(EgressRule::validate)
     }
@@ -267,6 +276,8 @@ enum Wire {
         egress: Vec<EgressRule>,
         #[serde(default)]
         hosts: Vec<AllowedHost>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ingress: Vec<u16>,
     },
 }
 
@@ -275,7 +286,8 @@ impl Serialize for NetworkContract {
         if self.is_none() {
             Wire::Name("none".into()).serialize(s)
         } else {
-            Wire::Contract { egress: self.egress.clone(), hosts: self.hosts.clone() }.serialize(s)
+            Wire::Contract { egress: self.egress.clone(), hosts: self.hosts.clone(), ingress: self.ingress.clone() }
+                .serialize(s)
         }
     }
 }
@@ -289,13 +301,17 @@ impl<'de> Deserialize<'de> for NetworkContract {
                 "unknown network {s:?}: \"none\" or {{\"egress\": […], \"hosts\": […]}}"
             ))),
             serde_json::Value::Object(o) => {
-                if let Some(k) = o.keys().find(|k| !["egress", "hosts"].contains(&k.as_str())) {
-                    return Err(serde::de::Error::custom(format!("unknown network field {k:?} (egress, hosts)")));
+                if let Some(k) = o.keys().find(|k| !["egress", "hosts", "ingress"].contains(&k.as_str())) {
+                    return Err(serde::de::Error::custom(format!(
+                        "unknown network field {k:?} (egress, hosts, ingress)"
+                    )));
                 }
                 let get = |k: &str| o.get(k).cloned().unwrap_or(serde_json::Value::Array(vec![]));
                 let egress = serde_json::from_value(get("egress")).map_err(serde::de::Error::custom)?;
                 let hosts = serde_json::from_value(get("hosts")).map_err(serde::de::Error::custom)?;
-                Ok(Self { egress, hosts })
+                let ingress = serde_json::from_value(get("ingress"))
+                    .map_err(|e| serde::de::Error::custom(format!("ingress: ports are numbers 1 to 65535 ({e})")))?;
+                Ok(Self { egress, hosts, ingress })
             }
             _ => Err(serde::de::Error::custom("network must be \"none\" or an object")),
         }
@@ -339,7 +355,10 @@ mod tests {
         let c: NetworkContract = serde_json::from_str(text).unwrap();
         assert_eq!(serde_json::to_string(&c).unwrap(), text);
         assert!(serde_json::from_str::<NetworkContract>(r#""open""#).is_err());
-        assert!(serde_json::from_str::<NetworkContract>(r#"{"ingress":[80]}"#).is_err());
+        assert!(serde_json::from_str::<NetworkContract>(r#"{"ports":[80]}"#).is_err());
+        assert!(serde_json::from_str::<NetworkContract>(r#"{"ingress":[70000]}"#).is_err());
+        let exposed: NetworkContract = serde_json::from_str(r#"{"ingress":[8080]}"#).unwrap();
+        assert!(!exposed.is_none() && exposed.validate().is_ok());
         assert!(serde_json::from_str::<NetworkContract>(r#"{"hosts":["bad host"]}"#).is_err());
     }
 }

@@ -113,6 +113,12 @@ pub enum AgentError {
     /// Hypnos could not put the sandbox to sleep or wake it.
     #[error("{0}")]
     CannotSleep(String),
+    /// The sandbox does not expose that port (Charon).
+    #[error("{0}")]
+    NotExposed(String),
+    /// The sandbox's exposed port did not answer properly (Charon).
+    #[error("{0}")]
+    Ferry(String),
 }
 
 /// Output of an `exec`, ending with [`OutputEvent::Exit`].

@@ -79,6 +79,12 @@ pub enum AgentApiError {
     /// Hypnos refused to put the sandbox to sleep (it is left as it was).
     #[error("{0}")]
     CannotSleep(String),
+    /// The sandbox does not expose the port.
+    #[error("{0}")]
+    NotExposed(String),
+    /// The sandbox's port did not answer properly.
+    #[error("{0}")]
+    BadGateway(String),
 }
 
 impl AgentApiError {
@@ -95,6 +101,8 @@ impl AgentApiError {
             Self::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             Self::Agent(_) => (StatusCode::INTERNAL_SERVER_ERROR, "agent_error"),
             Self::CannotSleep(_) => (StatusCode::CONFLICT, "cannot_sleep"),
+            Self::NotExposed(_) => (StatusCode::NOT_FOUND, "port_not_exposed"),
+            Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
         }
     }
 }
@@ -114,7 +122,10 @@ impl IntoResponse for AgentApiError {
         if status.is_server_error() {
             error!(code, message = %self, "agent call failed");
         }
-        (status, Json(ErrorBody { code: code.into(), message: self.to_string() })).into_response()
+        let mut resp = (status, Json(ErrorBody { code: code.into(), message: self.to_string() })).into_response();
+        // Marks the agent's own refusals apart from a sandbox's answers carried by Charon.
+        resp.headers_mut().insert(crate::charon::refusal_header(), axum::http::HeaderValue::from_static("1"));
+        resp
     }
 }
 
@@ -124,6 +135,8 @@ impl From<AgentError> for AgentApiError {
             AgentError::NotFound(id) => Self::SandboxNotFound(format!("no sandbox {id}")),
             e @ AgentError::NotRunning { .. } => Self::NotRunning(e.to_string()),
             AgentError::CannotSleep(m) => Self::CannotSleep(m),
+            AgentError::NotExposed(m) => Self::NotExposed(m),
+            AgentError::Ferry(m) => Self::BadGateway(m),
             e => Self::Agent(error_chain(&e)),
         }
     }
@@ -163,7 +176,19 @@ pub fn router(agent: Arc<Hecatoncheir>, secret: String) -> Router {
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/sleep", post(sleep))
         .route("/sandboxes/{id}/resume", post(resume))
-        .route("/templates/{name}/warm", post(warm));
+        .route("/templates/{name}/warm", post(warm))
+        .route(
+            "/sandboxes/{id}/ports/{port}",
+            axum::routing::any(ferry).layer(DefaultBodyLimit::max(crate::charon::MAX_BODY)),
+        )
+        .route(
+            "/sandboxes/{id}/ports/{port}/",
+            axum::routing::any(ferry).layer(DefaultBodyLimit::max(crate::charon::MAX_BODY)),
+        )
+        .route(
+            "/sandboxes/{id}/ports/{port}/{*rest}",
+            axum::routing::any(ferry).layer(DefaultBodyLimit::max(crate::charon::MAX_BODY)),
+        );
     Router::new()
         .nest("/agent/v1", v1)
         .fallback(|| async { AgentApiError::NotFound("no such route in the agent API".into()) })
@@ -364,6 +389,33 @@ async fn sleep(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<Sa
     let id = sandbox_id(&id)?;
     let agent = ctx.agent.clone();
     Ok(Json(to_completion(async move { agent.sleep(&id).await }).await?))
+}
+
+/// Charon: carries the request to the sandbox's exposed port and answers with what it said.
+async fn ferry(
+    State(ctx): State<Ctx>,
+    Path(params): Path<Vec<(String, String)>>,
+    req: Request,
+) -> Result<Response, AgentApiError> {
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let id = sandbox_id(&param("id"))?;
+    let port: u16 = param("port")
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| AgentApiError::NotExposed(format!("{:?} is not a port", param("port"))))?;
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let path = format!("/{}{query}", param("rest"));
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, crate::charon::MAX_BODY)
+        .await
+        .map_err(|e| AgentApiError::PayloadTooLarge(format!("the body: {e}")))?;
+    let crossing = crate::charon::Crossing { method: parts.method, path, headers: parts.headers, body };
+    let landing = ctx.agent.ferry(&id, port, crossing).await?;
+    let mut resp = Response::new(Body::from(landing.body));
+    *resp.status_mut() = landing.status;
+    *resp.headers_mut() = landing.headers;
+    Ok(resp)
 }
 
 async fn resume(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<SandboxRecord>, AgentApiError> {

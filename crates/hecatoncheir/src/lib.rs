@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod charon;
 pub mod erinyes;
 pub mod hermes;
 pub mod hypnos;

@@ -14,13 +14,18 @@
 //!   sandboxes and to the metadata address 169.254.169.254 is dropped; then each sandbox's own
 //!   chain `TT-<id hex>` (through `TARTARUS-SBX`) accepts what its contract allows; the rest is
 //!   dropped. Nothing from outside may open a connection to a sandbox.
+//! - `TARTARUS-OUT` (from `OUTPUT -o tartarus0`): the host itself may open connections only to
+//!   a sandbox's exposed (`ingress`) ports, through the sandbox's chain `TX-<id hex>` (via
+//!   `TARTARUS-EXP`) — that is how the agent proxies them for Olympus.
 //! - `TARTARUS-NAT` (from `nat POSTROUTING`): masquerade for allowed egress.
 //!
-//! Addresses are leases, one file per address under `<data-dir>/styx/leases`, created
-//! exclusively, so two sandboxes never share one and a restarted agent knows what is taken.
-//! [`Styx::sweep`] removes every namespace, interface, chain and lease of sandboxes that no longer
-//! exist. Only the agent's own chains are written; the operator's rules are never touched beyond
-//! the jumps into them.
+//! Addresses are leases, one file per address under `/run/tartarus/styx/<bridge>/leases`,
+//! created exclusively and naming the sandbox and the agent (its data directory) that holds it:
+//! agents sharing a bridge on one machine never hand out one address twice, a restarted agent
+//! knows what it holds, and a reboot (which takes every namespace with it) starts afresh.
+//! [`Styx::sweep`] removes every namespace, interface, chain and lease this agent holds for
+//! sandboxes that no longer run, and nothing of other agents'. Only the agent's own chains are
+//! written; the operator's rules are never touched beyond the jumps into them.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -29,7 +34,7 @@ use std::path::PathBuf;
 use tartarus_core::network::{Cidr, EgressRule, Protocol};
 use tartarus_core::{NetworkContract, SandboxId};
 use tokio::process::Command;
-use tracing::{info, warn};
+use tracing::info;
 
 /// The cloud metadata address, never reachable.
 pub const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
@@ -43,8 +48,10 @@ pub struct StyxConfig {
     pub subnet: Cidr,
     /// The interface allowed egress leaves through (`None`: any but the bridge).
     pub uplink: Option<String>,
-    /// Where leases are kept (`<data-dir>/styx`).
+    /// Where leases are kept (`/run/tartarus/styx/<bridge>`).
     pub state_dir: PathBuf,
+    /// Who this agent is in its leases (its data directory).
+    pub owner: String,
 }
 
 impl StyxConfig {
@@ -54,7 +61,8 @@ impl StyxConfig {
             bridge: "tartarus0".into(),
             subnet: Cidr { addr: Ipv4Addr::new(172, 16, 0, 0), prefix: 16 },
             uplink: None,
-            state_dir: data_dir.join("styx"),
+            state_dir: PathBuf::from("/run/tartarus/styx/tartarus0"),
+            owner: data_dir.display().to_string(),
         }
     }
 }
@@ -97,11 +105,17 @@ struct Names {
     netns: String,
     veth: String,
     chain: String,
+    exposed: String,
 }
 
 fn names(id: &SandboxId) -> Names {
     let hex = id.as_str().trim_start_matches("sb-");
-    Names { netns: format!("tt-{hex}"), veth: format!("tt{}", &hex[..12]), chain: format!("TT-{hex}") }
+    Names {
+        netns: format!("tt-{hex}"),
+        veth: format!("tt{}", &hex[..12]),
+        chain: format!("TT-{hex}"),
+        exposed: format!("TX-{hex}"),
+    }
 }
 
 /// Runs a command; its stderr is the error.
@@ -138,6 +152,34 @@ async fn ensure_rule(table: &str, chain: &str, rule: &[&str], insert: bool) -> R
     ipt(&add).await.map(drop)
 }
 
+/// Makes `chain` in `table` hold exactly `rules`, in order; left alone when it already does, so
+/// another agent on the same bridge (or this one, restarting) never opens a gap in it.
+async fn ensure_chain(table: &str, chain: &str, rules: &[Vec<&str>]) -> Result<(), StyxError> {
+    if ipt(&["-t", table, "-N", chain]).await.is_err() {
+        let listed = ipt(&["-t", table, "-S", chain]).await.unwrap_or_default();
+        let count = listed.lines().filter(|l| l.starts_with("-A ")).count();
+        let mut all_there = count == rules.len();
+        for r in rules {
+            if !all_there {
+                break;
+            }
+            let mut check = vec!["-t", table, "-C", chain];
+            check.extend_from_slice(r);
+            all_there = ipt(&check).await.is_ok();
+        }
+        if all_there {
+            return Ok(());
+        }
+        ipt(&["-t", table, "-F", chain]).await?;
+    }
+    for r in rules {
+        let mut add = vec!["-t", table, "-A", chain];
+        add.extend_from_slice(r);
+        ipt(&add).await?;
+    }
+    Ok(())
+}
+
 /// Creates `chain` in `table` if missing, and empties it.
 async fn fresh_chain(table: &str, chain: &str) -> Result<(), StyxError> {
     let _ = ipt(&["-t", table, "-N", chain]).await;
@@ -169,32 +211,40 @@ impl Styx {
             .map_err(|e| StyxError::Io(format!("enabling IP forwarding: {e}")))?;
         let subnet = cfg.subnet.to_string();
         let metadata = METADATA.to_string();
+        let established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"];
         // The host: replies only.
-        fresh_chain("filter", "TARTARUS-IN").await?;
-        ipt(&["-A", "TARTARUS-IN", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]).await?;
-        ipt(&["-A", "TARTARUS-IN", "-j", "DROP"]).await?;
+        let mut input = vec![established.to_vec()];
+        input.push(vec!["-j", "DROP"]);
+        ensure_chain("filter", "TARTARUS-IN", &input).await?;
         ensure_rule("filter", "INPUT", &["-i", br, "-j", "TARTARUS-IN"], true).await?;
         // Forwarding: replies in; no sandbox to sandbox, no metadata; each sandbox's own chain; else drop.
         let _ = ipt(&["-N", "TARTARUS-SBX"]).await;
-        fresh_chain("filter", "TARTARUS-FWD").await?;
-        ipt(&["-A", "TARTARUS-FWD", "-o", br, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"])
-            .await?;
-        ipt(&["-A", "TARTARUS-FWD", "-o", br, "-j", "DROP"]).await?;
-        ipt(&["-A", "TARTARUS-FWD", "-d", &subnet, "-j", "DROP"]).await?;
-        ipt(&["-A", "TARTARUS-FWD", "-d", &metadata, "-j", "DROP"]).await?;
-        ipt(&["-A", "TARTARUS-FWD", "-i", br, "-j", "TARTARUS-SBX"]).await?;
-        ipt(&["-A", "TARTARUS-FWD", "-j", "DROP"]).await?;
+        let mut replies = vec!["-o", br];
+        replies.extend(established);
+        let forward = vec![
+            replies,
+            vec!["-o", br, "-j", "DROP"],
+            vec!["-d", subnet.as_str(), "-j", "DROP"],
+            vec!["-d", metadata.as_str(), "-j", "DROP"],
+            vec!["-i", br, "-j", "TARTARUS-SBX"],
+            vec!["-j", "DROP"],
+        ];
+        ensure_chain("filter", "TARTARUS-FWD", &forward).await?;
         ensure_rule("filter", "FORWARD", &["-i", br, "-j", "TARTARUS-FWD"], true).await?;
         ensure_rule("filter", "FORWARD", &["-o", br, "-j", "TARTARUS-FWD"], true).await?;
+        // The host towards sandboxes: replies, and exposed ports only.
+        let _ = ipt(&["-N", "TARTARUS-EXP"]).await;
+        let output = vec![established.to_vec(), vec!["-j", "TARTARUS-EXP"], vec!["-j", "DROP"]];
+        ensure_chain("filter", "TARTARUS-OUT", &output).await?;
+        ensure_rule("filter", "OUTPUT", &["-o", br, "-j", "TARTARUS-OUT"], true).await?;
         // Masquerade what leaves.
-        fresh_chain("nat", "TARTARUS-NAT").await?;
-        let mut masq = vec!["-t", "nat", "-A", "TARTARUS-NAT", "-s", &subnet];
+        let mut masq = vec!["-s", subnet.as_str()];
         match &cfg.uplink {
             Some(up) => masq.extend(["-o", up.as_str()]),
             None => masq.extend(["!", "-o", br]),
         }
         masq.extend(["-j", "MASQUERADE"]);
-        ipt(&masq).await?;
+        ensure_chain("nat", "TARTARUS-NAT", &[masq]).await?;
         ensure_rule("nat", "POSTROUTING", &["-j", "TARTARUS-NAT"], true).await?;
         info!(bridge = %br, address = %cidr, "Styx: bridge and chains ready");
         Ok(Self { cfg, gateway })
@@ -216,14 +266,14 @@ impl Styx {
         let size = 1u32 << (32 - u32::from(self.cfg.subnet.prefix));
         let last = u32::from(self.cfg.subnet.addr) + size - 2;
         // Start after the highest address in use, so a just-released one is not reused at once.
-        let taken: Vec<u32> = self.leases().into_iter().map(|(ip, _)| u32::from(ip)).collect();
+        let taken: Vec<u32> = self.all_leases().into_iter().map(|(ip, _, _)| u32::from(ip)).collect();
         let start = taken.iter().max().map_or(first, |m| if *m >= last { first } else { m + 1 });
         for n in (start..=last).chain(first..start) {
             let ip = Ipv4Addr::from(n);
             let path = dir.join(ip.to_string());
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
-                    std::io::Write::write_all(&mut f, id.as_str().as_bytes())
+                    std::io::Write::write_all(&mut f, format!("{id} {}", self.cfg.owner).as_bytes())
                         .map_err(|e| StyxError::Io(format!("writing {}: {e}", path.display())))?;
                     return Ok(ip);
                 }
@@ -234,17 +284,23 @@ impl Styx {
         Err(StyxError::Exhausted(self.cfg.subnet))
     }
 
-    /// Every lease: address → sandbox.
-    pub fn leases(&self) -> Vec<(Ipv4Addr, SandboxId)> {
+    /// Every lease on the bridge: address, sandbox, holder.
+    fn all_leases(&self) -> Vec<(Ipv4Addr, SandboxId, String)> {
         let Ok(entries) = std::fs::read_dir(self.lease_dir()) else { return Vec::new() };
         entries
             .flatten()
             .filter_map(|e| {
                 let ip: Ipv4Addr = e.file_name().to_str()?.parse().ok()?;
-                let id = SandboxId::parse(std::fs::read_to_string(e.path()).ok()?.trim()).ok()?;
-                Some((ip, id))
+                let text = std::fs::read_to_string(e.path()).ok()?;
+                let (id, owner) = text.trim().split_once(' ')?;
+                Some((ip, SandboxId::parse(id).ok()?, owner.to_owned()))
             })
             .collect()
+    }
+
+    /// This agent's leases: address → sandbox.
+    pub fn leases(&self) -> Vec<(Ipv4Addr, SandboxId)> {
+        self.all_leases().into_iter().filter(|(_, _, o)| *o == self.cfg.owner).map(|(ip, id, _)| (ip, id)).collect()
     }
 
     /// The rules a contract turns into, each as iptables arguments, with `hosts` resolved now.
@@ -280,7 +336,7 @@ impl Styx {
     pub async fn attach(&self, id: &SandboxId, contract: &NetworkContract) -> Result<Attached, StyxError> {
         let rules = Self::rules_of(contract).await?;
         let address = self.lease(id)?;
-        let done = self.plumb(id, address, &rules).await;
+        let done = self.plumb(id, address, &rules, &contract.ingress).await;
         match done {
             Ok(rules) => Ok(Attached { netns: PathBuf::from("/run/netns").join(names(id).netns), address, rules }),
             Err(e) => {
@@ -290,7 +346,13 @@ impl Styx {
         }
     }
 
-    async fn plumb(&self, id: &SandboxId, address: Ipv4Addr, rules: &[EgressRule]) -> Result<Vec<String>, StyxError> {
+    async fn plumb(
+        &self,
+        id: &SandboxId,
+        address: Ipv4Addr,
+        rules: &[EgressRule],
+        exposed: &[u16],
+    ) -> Result<Vec<String>, StyxError> {
         let n = names(id);
         let (ns, veth, chain) = (n.netns.as_str(), n.veth.as_str(), n.chain.as_str());
         run("ip", &["netns", "add", ns]).await?;
@@ -325,6 +387,13 @@ impl Styx {
         }
         said.push("deny everything else (the host, other sandboxes, 169.254.169.254 always)".into());
         ipt(&["-A", "TARTARUS-SBX", "-s", &address.to_string(), "-i", &self.cfg.bridge, "-j", chain]).await?;
+        if !exposed.is_empty() {
+            let ports = exposed.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+            fresh_chain("filter", &n.exposed).await?;
+            ipt(&["-A", &n.exposed, "-p", "tcp", "-m", "multiport", "--dports", &ports, "-j", "ACCEPT"]).await?;
+            ipt(&["-A", "TARTARUS-EXP", "-d", &address.to_string(), "-j", &n.exposed]).await?;
+            said.push(format!("expose tcp port {ports} through Olympus's proxy"));
+        }
         Ok(said)
     }
 
@@ -336,8 +405,13 @@ impl Styx {
         for ip in &addresses {
             let _ = ipt(&["-D", "TARTARUS-SBX", "-s", &ip.to_string(), "-i", &self.cfg.bridge, "-j", &n.chain]).await;
         }
-        let _ = ipt(&["-F", &n.chain]).await;
-        let _ = ipt(&["-X", &n.chain]).await;
+        for ip in &addresses {
+            let _ = ipt(&["-D", "TARTARUS-EXP", "-d", &ip.to_string(), "-j", &n.exposed]).await;
+        }
+        for chain in [&n.chain, &n.exposed] {
+            let _ = ipt(&["-F", chain]).await;
+            let _ = ipt(&["-X", chain]).await;
+        }
         let _ = run("ip", &["netns", "del", &n.netns]).await;
         let _ = run("ip", &["link", "del", &n.veth]).await;
         for ip in addresses {
@@ -345,58 +419,15 @@ impl Styx {
         }
     }
 
-    /// Removes the networks of sandboxes not in `keep`: leases, namespaces, interfaces, chains
-    /// and jumps left by sandboxes that ended while the agent was away (or was killed).
+    /// Removes the networks this agent holds for sandboxes not in `keep` (ended, or never
+    /// started, while it was away): namespaces, interfaces, chains, jumps and leases. Other
+    /// agents' sandboxes on the same bridge are left alone.
     pub async fn sweep(&self, keep: &HashSet<SandboxId>) {
-        let mut gone: HashSet<SandboxId> =
+        let gone: HashSet<SandboxId> =
             self.leases().into_iter().map(|(_, id)| id).filter(|id| !keep.contains(id)).collect();
-        // Objects without a lease: by their names.
-        if let Ok(out) = run("ip", &["netns", "list"]).await {
-            for ns in out.lines().filter_map(|l| l.split_whitespace().next()) {
-                if let Some(id) = ns.strip_prefix("tt-").and_then(|h| SandboxId::parse(&format!("sb-{h}")).ok()) {
-                    if !keep.contains(&id) {
-                        gone.insert(id);
-                    }
-                }
-            }
-        }
-        if let Ok(out) = ipt(&["-S"]).await {
-            for chain in out.lines().filter_map(|l| l.strip_prefix("-N TT-")) {
-                if let Ok(id) = SandboxId::parse(&format!("sb-{chain}")) {
-                    if !keep.contains(&id) {
-                        gone.insert(id);
-                    }
-                }
-            }
-        }
-        let keep_veths: HashSet<String> = keep.iter().map(|id| names(id).veth).collect();
         for id in &gone {
             info!(sandbox = %id, "Styx: removing the network of a sandbox that no longer runs here");
             self.detach(id).await;
-        }
-        // Jumps to chains that no longer exist, and stray veths on the bridge.
-        if let Ok(out) = ipt(&["-S", "TARTARUS-SBX"]).await {
-            for rule in out.lines().filter(|l| l.starts_with("-A TARTARUS-SBX")) {
-                let target = rule.rsplit(' ').next().unwrap_or_default();
-                let owner = target.strip_prefix("TT-").and_then(|h| SandboxId::parse(&format!("sb-{h}")).ok());
-                if owner.is_some_and(|id| !keep.contains(&id)) {
-                    let args: Vec<&str> = rule.split_whitespace().skip(1).collect();
-                    let mut del = vec!["-D"];
-                    del.extend(args);
-                    if let Err(e) = ipt(&del).await {
-                        warn!(error = %e, "Styx: removing a stale jump failed");
-                    }
-                }
-            }
-        }
-        if let Ok(out) = run("ip", &["-o", "link", "show", "master", &self.cfg.bridge]).await {
-            for name in
-                out.lines().filter_map(|l| l.split(':').nth(1)).map(|s| s.trim().split('@').next().unwrap_or(""))
-            {
-                if name.starts_with("tt") && !keep_veths.contains(name) {
-                    let _ = run("ip", &["link", "del", name]).await;
-                }
-            }
         }
     }
 }

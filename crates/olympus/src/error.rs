@@ -69,6 +69,12 @@ pub enum ApiError {
     /// Hypnos refused to put a sandbox to sleep, or is disabled.
     #[error("{0}")]
     CannotSleep(String),
+    /// The sandbox does not expose that port.
+    #[error("{0}")]
+    PortNotExposed(String),
+    /// A sandbox's exposed port did not answer properly.
+    #[error("{0}")]
+    BadGateway(String),
     /// The node holding the sandbox cannot be reached.
     #[error("{0}")]
     NodeUnreachable(String),
@@ -96,6 +102,8 @@ impl ApiError {
             Self::TemplateNotFound(_) => (StatusCode::NOT_FOUND, "template_not_found"),
             Self::WarmFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "warm_failed"),
             Self::CannotSleep(_) => (StatusCode::CONFLICT, "cannot_sleep"),
+            Self::PortNotExposed(_) => (StatusCode::NOT_FOUND, "port_not_exposed"),
+            Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             Self::ImageRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image_rejected"),
             Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "registry_error"),
             Self::NodeUnreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "node_unreachable"),
@@ -128,6 +136,8 @@ impl From<crate::nodes::NodeError> for ApiError {
             N::NotRunning(m) => Self::NotRunning(m),
             N::Failed(m) => Self::Internal(m),
             N::CannotSleep(m) => Self::CannotSleep(m),
+            N::NotExposed(m) => Self::PortNotExposed(m),
+            N::BadGateway(m) => Self::BadGateway(m),
             e @ N::Unreachable { .. } => Self::NodeUnreachable(e.to_string()),
         }
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tartarus_core::{ExecRequest, NodeInfo, OutputEvent, SandboxId, SandboxRecord, SnapshotInfo, TemplateName};
+use tartarus_hecatoncheir::charon::{Crossing, Landing};
 use tartarus_hecatoncheir::{AgentError, ExecStream, Hecatoncheir};
 use tokio::sync::mpsc;
 
@@ -30,6 +31,12 @@ pub enum NodeError {
     /// Hypnos refused to put the sandbox to sleep (it is left as it was).
     #[error("{0}")]
     CannotSleep(String),
+    /// The sandbox does not expose the port.
+    #[error("{0}")]
+    NotExposed(String),
+    /// The sandbox's exposed port did not answer properly.
+    #[error("{0}")]
+    BadGateway(String),
     /// The node could not be reached, or answered with something that is not its protocol.
     #[error("node {node} is unreachable: {reason}")]
     Unreachable {
@@ -46,6 +53,8 @@ impl From<AgentError> for NodeError {
             AgentError::NotFound(id) => Self::NotFound(format!("no sandbox {id}")),
             e @ AgentError::NotRunning { .. } => Self::NotRunning(e.to_string()),
             AgentError::CannotSleep(m) => Self::CannotSleep(m),
+            AgentError::NotExposed(m) => Self::NotExposed(m),
+            AgentError::Ferry(m) => Self::BadGateway(m),
             e => Self::Failed(tartarus_hecatoncheir::agent::error_chain(&e)),
         }
     }
@@ -72,6 +81,8 @@ pub trait Node: Send + Sync {
     async fn resume(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError>;
     /// Hypnos: checkpoints a sandbox to the blob store and releases it; its record says `sleeping`.
     async fn sleep(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError>;
+    /// Charon: carries an HTTP request to a port the sandbox exposes, and its answer back.
+    async fn ferry(&self, id: &SandboxId, port: u16, c: Crossing) -> Result<Landing, NodeError>;
     /// The sandboxes it runs now (for reconciliation).
     async fn held(&self) -> Result<Vec<SandboxId>, NodeError>;
     /// Nyx.Prepare: warms a sandbox of `template`, checkpoints it and records the snapshot.
@@ -106,6 +117,9 @@ impl Node for Arc<Hecatoncheir> {
     }
     async fn sleep(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError> {
         Ok(Hecatoncheir::sleep(self, id).await?)
+    }
+    async fn ferry(&self, id: &SandboxId, port: u16, c: Crossing) -> Result<Landing, NodeError> {
+        Ok(Hecatoncheir::ferry(self, id, port, c).await?)
     }
     async fn held(&self) -> Result<Vec<SandboxId>, NodeError> {
         Ok(Hecatoncheir::held(self))

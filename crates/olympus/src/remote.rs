@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use tartarus_core::{ExecRequest, ExitInfo, OutputEvent, SandboxId, SandboxRecord, SandboxState};
 use tartarus_hecatoncheir::agent::error_chain;
 use tartarus_hecatoncheir::api::{ErrorBody, Held, KillBody, Killed};
+use tartarus_hecatoncheir::charon::{Crossing, Landing};
 use tartarus_hecatoncheir::ExecStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -142,6 +143,8 @@ fn error_of(node: &str, status: StatusCode, err: ErrorBody) -> NodeError {
         }
         (StatusCode::NOT_FOUND, _) => NodeError::NotFound(err.message),
         (StatusCode::CONFLICT, "cannot_sleep") => NodeError::CannotSleep(err.message),
+        (StatusCode::NOT_FOUND, "port_not_exposed") => NodeError::NotExposed(err.message),
+        (StatusCode::BAD_GATEWAY, "bad_gateway") => NodeError::BadGateway(err.message),
         (StatusCode::CONFLICT, _) => NodeError::NotRunning(err.message),
         _ => NodeError::Failed(format!("node {node}: {}", err.message)),
     }
@@ -284,6 +287,28 @@ impl Node for RemoteNode {
 
     async fn resume(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError> {
         self.call(self.post(&format!("/sandboxes/{id}/resume")), CALL_TIMEOUT).await
+    }
+
+    async fn ferry(&self, id: &SandboxId, port: u16, c: Crossing) -> Result<Landing, NodeError> {
+        let url = format!("{}/sandboxes/{id}/ports/{port}{}", self.base, c.path);
+        let resp = self
+            .client
+            .request(c.method, url)
+            .bearer_auth(&self.secret)
+            .headers(tartarus_hecatoncheir::charon::passable(&c.headers))
+            .body(c.body)
+            .timeout(Duration::from_secs(90))
+            .send()
+            .await
+            .map_err(|e| self.transport(&e))?;
+        if resp.headers().contains_key(tartarus_hecatoncheir::charon::refusal_header()) {
+            // The agent's own refusal (not running, port not exposed, no answer), not the sandbox's.
+            return Err(self.check(resp).await.err().unwrap_or_else(|| self.unreachable("an empty refusal")));
+        }
+        let status = resp.status();
+        let headers = tartarus_hecatoncheir::charon::passable(resp.headers());
+        let body = resp.bytes().await.map_err(|e| self.transport(&e))?;
+        Ok(Landing { status, headers, body })
     }
 
     async fn sleep(&self, id: &SandboxId) -> Result<SandboxRecord, NodeError> {

@@ -20,6 +20,8 @@ use crate::output;
                                                           # runs, for `tartarus exec ID -- CMD`
   tartarus run --template busybox --allow-egress 10.1.2.3:443 -- wget -qO- https://10.1.2.3/
   tartarus run --template python --allow-host pypi.org:443 --allow-egress 1.1.1.1:53/udp -- pip download x
+  tartarus run --template python --expose 8000 --detach -- python3 -m http.server 8000
+  curl -H \"Authorization: Bearer $TOKEN\" $TARTARUS_API/v1/sandboxes/ID/ports/8000/
 
 Network: none by default (loopback only). Each --allow-* opens one destination; the node's own
 addresses, the metadata address 169.254.169.254 and other sandboxes stay unreachable whatever
@@ -67,6 +69,9 @@ pub struct Args {
     /// pypi.org:443); repeatable.
     #[arg(long = "allow-host", value_name = "NAME[:PORT]", value_parser = |s: &str| tartarus_core::network::AllowedHost::try_from(s.to_owned()))]
     pub allow_host: Vec<tartarus_core::network::AllowedHost>,
+    /// Serve PORT (TCP) through the realm's API: /v1/sandboxes/ID/ports/PORT/…; repeatable.
+    #[arg(long = "expose", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub expose: Vec<u16>,
     /// Sessions only, with Hypnos on (ENABLE_HYPNOS=1): sleep after this long without an exec
     /// instead of ending at the idle timeout (`tartarus wake` restores it).
     #[arg(long, value_name = "DURATION", value_parser = args::duration)]
@@ -100,6 +105,7 @@ impl Args {
             network: tartarus_core::NetworkContract {
                 egress: self.allow_egress.clone(),
                 hosts: self.allow_host.clone(),
+                ingress: self.expose.clone(),
             },
             sleep_after: self.sleep_after,
             max_sleep: self.max_sleep,

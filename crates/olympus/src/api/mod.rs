@@ -119,7 +119,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
     info(title = "Tartarus", description = "Run untrusted code in isolated sandboxes. Errors are `{code, message}`; see docs/api.md."),
     paths(
         sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::kill, sandboxes::exec, sandboxes::logs,
-        sandboxes::pause, sandboxes::resume, sandboxes::sleep, sandboxes::wake, sandboxes::sleeping, templates::list, templates::import, templates::build, templates::inspect,
+        sandboxes::pause, sandboxes::resume, sandboxes::sleep, sandboxes::wake, sandboxes::sleeping, sandboxes::ferry, templates::list, templates::import, templates::build, templates::inspect,
         templates::remove, templates::prune, templates::warm, templates::set_pool, templates::snapshots, templates::remove_snapshot, realm::nodes, realm::drain, realm::undrain, realm::failures,
         realm::reconcile, realm::healthz, realm::metrics, agents::hello
     ),
@@ -164,6 +164,21 @@ pub fn router(ctx: Ctx, cerberus: Cerberus) -> Router {
         .route("/sandboxes/{id}/sleep", post(sandboxes::sleep))
         .route("/sandboxes/{id}/wake", post(sandboxes::wake))
         .route("/sleeping", get(sandboxes::sleeping))
+        .route(
+            "/sandboxes/{id}/ports/{port}",
+            axum::routing::any(sandboxes::ferry)
+                .layer(axum::extract::DefaultBodyLimit::max(tartarus_hecatoncheir::charon::MAX_BODY)),
+        )
+        .route(
+            "/sandboxes/{id}/ports/{port}/",
+            axum::routing::any(sandboxes::ferry)
+                .layer(axum::extract::DefaultBodyLimit::max(tartarus_hecatoncheir::charon::MAX_BODY)),
+        )
+        .route(
+            "/sandboxes/{id}/ports/{port}/{*rest}",
+            axum::routing::any(sandboxes::ferry)
+                .layer(axum::extract::DefaultBodyLimit::max(tartarus_hecatoncheir::charon::MAX_BODY)),
+        )
         .route("/templates", get(templates::list).post(templates::import))
         .route("/templates/build", post(templates::build))
         .route("/templates/prune", post(templates::prune))

@@ -519,3 +519,37 @@ pub async fn sleeping(
     sleeping.sort_by_key(|s| std::cmp::Reverse(s.asleep_ms));
     Ok(Json(SleeperList { sleeping }))
 }
+
+/// Charon: carry an HTTP request to a port the sandbox exposes (its contract's `ingress`) and
+/// answer with what the sandbox answered. The caller's `Authorization` is not passed on. Errors
+/// of the realm itself are JSON with a stable code (`404 port_not_exposed`, `409 not_running`,
+/// `502 bad_gateway` when nothing answers on the port).
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/ports/{port}/{path}",
+    params(("id" = String, Path, description = "Sandbox id"), ("port" = String, Path, description = "An exposed port"),
+           ("path" = String, Path, description = "Path on the sandbox's server")),
+    responses((status = 200, description = "The sandbox's answer, whatever its status"), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn ferry(State(ctx): State<Ctx>, req: axum::extract::Request) -> Result<Response, ApiError> {
+    // /v1/sandboxes/{id}/ports/{port}[/{rest}]
+    let full = req.uri().path().to_owned();
+    let after = full.split_once("/sandboxes/").map_or("", |(_, rest)| rest);
+    let mut parts = after.splitn(4, '/');
+    let (id, _, port, rest) = (parts.next(), parts.next(), parts.next(), parts.next().unwrap_or(""));
+    let id = parse_id(id.unwrap_or_default())?;
+    let port: u16 = port.and_then(|p| p.parse().ok()).filter(|p| *p > 0).ok_or_else(|| {
+        ApiError::PortNotExposed(format!("{:?} is not a port (1 to 65535)", port.unwrap_or_default()))
+    })?;
+    let rec = record(&ctx, &id).await?;
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let path = format!("/{rest}{query}");
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, tartarus_hecatoncheir::charon::MAX_BODY)
+        .await
+        .map_err(|e| ApiError::PayloadTooLarge(format!("the body: {e}")))?;
+    let crossing = tartarus_hecatoncheir::charon::Crossing { method: parts.method, path, headers: parts.headers, body };
+    let landing = node_of(&ctx, &rec).await?.ferry(&id, port, crossing).await?;
+    let mut resp = Response::new(axum::body::Body::from(landing.body));
+    *resp.status_mut() = landing.status;
+    *resp.headers_mut() = landing.headers;
+    Ok(resp)
+}

@@ -283,11 +283,9 @@ impl RawSetup {
         let overlay = tartarus_hecatoncheir::runtime::gvisor::overlay_flag(&self.info, &upper);
         let mut start = tartarus_hecatoncheir::runtime::gvisor::sandbox_flags(&state, self.platform, Some(overlay));
         match image.filter(|_| restore) {
-            Some(image) => start.extend([
-                "restore".into(),
-                "-detach".into(),
-                format!("--image-path={}", image.display()),
-            ]),
+            Some(image) => {
+                start.extend(["restore".into(), "-detach".into(), format!("--image-path={}", image.display())])
+            }
             None => start.extend(["run".into(), "-detach".into()]),
         }
         start.extend(["--bundle".into(), bundle.display().to_string(), id.clone()]);
