@@ -43,6 +43,8 @@ enum Command {
     Exec(commands::exec::Args),
     /// Kill a sandbox.
     Kill(commands::kill::Args),
+    /// Show one sandbox: state, node, how it started, its network address and rules.
+    Inspect(commands::inspect::Args),
     /// Put sandboxes to sleep (Hypnos): checkpointed to storage, their node released.
     Sleep(commands::hypnos::SleepArgs),
     /// Wake sleeping sandboxes (Hypnos): restored where they were, on any node.
@@ -93,6 +95,7 @@ fn main() {
             Command::Logs(a) => commands::logs::execute(a, &g).await,
             Command::Exec(a) => commands::exec::execute(a, &g).await,
             Command::Kill(a) => commands::kill::execute(a, &g).await,
+            Command::Inspect(a) => commands::inspect::execute(a, &g).await,
             Command::Sleep(a) => commands::hypnos::sleep(a, &g).await,
             Command::Wake(a) => commands::hypnos::wake(a, &g).await,
             Command::Sleeping(a) => commands::hypnos::sleeping(a, &g).await,

@@ -182,6 +182,11 @@ async fn sandboxes_reach_what_their_contract_allows_and_nothing_else() {
     let b = realm.wait_running(&id_of(&b), Duration::from_secs(60)).await;
     let b_id = id_of(&b);
     let b_ip: Ipv4Addr = b["network"]["address"].as_str().expect("b's address").parse().unwrap();
+    // `tartarus inspect` shows its address and the rules in force.
+    let out = realm.cli(&["inspect", &b_id]).await;
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.lines().any(|l| l.starts_with("address") && l.ends_with(&format!(" {b_ip}"))), "{out}");
+    assert!(out.stdout.contains("expose tcp port 8080"), "{out}");
     // Through Olympus's proxy (Charon), the exposed port answers.
     let mut answer = json!(null);
     for _ in 0..50 {
@@ -310,5 +315,31 @@ async fn thirty_networked_sandboxes_and_a_killed_agent_leave_nothing_behind() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     realm.start_again().await;
     realm.wait_ended(&id, Duration::from_secs(60)).await;
+    until_clean(&realm).await;
+}
+
+#[tokio::test]
+async fn contracts_wider_than_the_realm_allows_are_refused() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let realm = Realm::start_with(&["--egress-within", "10.0.0.0/8"], &[]).await;
+    for wide in [json!({"egress": [{"cidr": "0.0.0.0/0"}]}), json!({"hosts": ["example.org"]})] {
+        let (status, body) =
+            realm.post("/v1/sandboxes", json!({"template": TEMPLATE, "command": ["true"], "network": wide})).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{wide}: {body}");
+        assert!(body["message"].as_str().unwrap_or_default().contains("10.0.0.0/8"), "{body}");
+    }
+    let (status, body) = realm.get("/v1/sandboxes?limit=10").await;
+    assert_eq!(
+        (status, body["sandboxes"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0)),
+        "nothing created: {body}"
+    );
+    let ok = realm
+        .run(json!({"template": TEMPLATE, "command": ["true"], "network": {"egress": [{"cidr": "10.1.0.0/16"}]}}))
+        .await;
+    assert_eq!(ok["state"], "exited", "{ok}");
     until_clean(&realm).await;
 }

@@ -66,6 +66,32 @@ pub struct Policy {
     pub max_vcpus: u32,
     /// Longest `max_duration`.
     pub max_duration: Duration,
+    /// Where sandboxes may be allowed to reach (Styx): every egress rule must lie inside one of
+    /// these networks, and host names (resolved only later, by the node) need `0.0.0.0/0`.
+    pub egress_within: Vec<tartarus_core::network::Cidr>,
+}
+
+impl Policy {
+    /// Every egress allowed (`0.0.0.0/0`).
+    pub fn any_egress() -> Vec<tartarus_core::network::Cidr> {
+        vec![tartarus_core::network::Cidr { addr: std::net::Ipv4Addr::UNSPECIFIED, prefix: 0 }]
+    }
+
+    /// Why `spec`'s network contract is wider than this policy allows, if it is.
+    fn network_too_wide(&self, spec: &SandboxSpec) -> Option<String> {
+        let within = |c: &tartarus_core::network::Cidr| self.egress_within.iter().any(|w| w.covers(c));
+        let allowed = || self.egress_within.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        if let Some(r) = spec.network.egress.iter().find(|r| !within(&r.cidr)) {
+            return Some(format!("network: egress to {} is outside what this realm allows ({})", r.cidr, allowed()));
+        }
+        if !spec.network.hosts.is_empty() && !within(&Self::any_egress()[0]) {
+            return Some(format!(
+                "network: host names may resolve anywhere; this realm allows egress only within {}",
+                allowed()
+            ));
+        }
+        None
+    }
 }
 
 /// Rhadamanthus — policy: what a single soul may ask for.
@@ -97,6 +123,8 @@ impl Judge for Rhadamanthus {
                 false,
                 format!("max_duration is above this realm's limit of {}", humantime(p.max_duration)),
             )
+        } else if let Some(why) = p.network_too_wide(spec) {
+            ruling(self.name(), false, why)
         } else {
             ruling(self.name(), true, "within policy")
         })

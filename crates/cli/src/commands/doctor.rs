@@ -117,6 +117,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     }
     checks.push(cgroups(Path::new("/sys/fs/cgroup")));
     checks.push(iptables().await);
+    checks.extend(networking(checks.iter().find(|c| c.name == "runsc").map(|c| c.detail.clone())).await);
     checks.push(busybox(Path::new(BUSYBOX)));
     checks.push(data_dir(&g.data_dir));
     let mut redis_ok = true;
@@ -277,6 +278,55 @@ fn cgroups(mount: &Path) -> Check {
             "enable the missing controllers (e.g. cgroup_enable=memory on the kernel command line), or boot with cgroup v2",
         )
     }
+}
+
+/// Styx's needs: namespaces and veths (`ip`), isolated bridge ports (`bridge`), forwarding, and
+/// which network mode gVisor gets.
+async fn networking(runsc_detail: Option<String>) -> Vec<Check> {
+    let mut out = Vec::new();
+    let fix = "apt-get install iproute2";
+    for tool in ["ip", "bridge"] {
+        out.push(match tokio::process::Command::new(tool).arg("-V").output().await {
+            Ok(o) if o.status.success() => Check::ok(tool, String::from_utf8_lossy(&o.stdout).trim().to_owned()),
+            _ => Check::fail(tool, format!("`{tool}` is missing: sandboxes cannot have a network"), fix),
+        });
+    }
+    out.push(match tokio::process::Command::new("ip").args(["netns", "list"]).output().await {
+        Ok(o) if o.status.success() => Check::ok("network namespaces", "ip netns works"),
+        Ok(o) => Check::fail(
+            "network namespaces",
+            raw::tail(&String::from_utf8_lossy(&o.stderr), 2),
+            "run as root on a kernel with network namespaces",
+        ),
+        Err(e) => Check::fail("network namespaces", e.to_string(), fix),
+    });
+    out.push(match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").map(|v| v.trim().to_owned()) {
+        Ok(v) if v == "1" => Check::ok("IP forwarding", "on"),
+        Ok(_) => Check::warn("IP forwarding", "off", "nothing to do: the agent turns it on when it sets up its bridge"),
+        Err(e) => Check::fail("IP forwarding", e.to_string(), "a kernel with IPv4 forwarding"),
+    });
+    let bridge = match tokio::process::Command::new("ip").args(["-br", "addr", "show", "tartarus0"]).output().await {
+        Ok(o) if o.status.success() => Check::ok(
+            "bridge tartarus0",
+            String::from_utf8_lossy(&o.stdout).split_whitespace().collect::<Vec<_>>().join(" "),
+        ),
+        _ => Check::warn(
+            "bridge tartarus0",
+            "not there yet",
+            "nothing to do: `tartarus up` or `tartarus agent` creates it",
+        ),
+    };
+    out.push(bridge);
+    // runsc's netstack refuses this kernel in releases before 2024-08-01; host mode inside the
+    // sandbox's namespace is used instead.
+    let mode = match runsc_detail.as_deref().and_then(|d| d.split_whitespace().find_map(|w| w.strip_prefix("0.0~"))) {
+        Some(v) if v.get(..8).is_some_and(|d| d < "20240801") => {
+            "gVisor host network inside each sandbox's own namespace (this runsc's netstack refuses kernels 6.x)"
+        }
+        _ => "gVisor host network inside each sandbox's own namespace",
+    };
+    out.push(Check::ok("sandbox network mode", mode));
+    out
 }
 
 async fn iptables() -> Check {

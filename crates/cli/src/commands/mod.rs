@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod exec;
 pub mod failures;
 pub mod hypnos;
+pub mod inspect;
 pub mod kill;
 pub mod logs;
 pub mod node;

@@ -71,6 +71,10 @@ pub struct Args {
     /// Largest memory one sandbox may ask for, MiB (Rhadamanthus's policy).
     #[arg(long, default_value_t = 65536)]
     pub max_memory: u64,
+    /// Networks sandboxes may be allowed to reach (Rhadamanthus's policy; repeatable; default
+    /// 0.0.0.0/0). A request allowing egress outside them is refused (403).
+    #[arg(long = "egress-within", value_name = "CIDR")]
+    pub egress_within: Vec<tartarus_core::network::Cidr>,
     /// Where image blobs and template artifacts go (a directory or s3://bucket/prefix).
     #[arg(long)]
     pub store: Option<String>,
@@ -105,6 +109,10 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
                 max_memory_mib: args.max_memory,
                 max_vcpus: 64,
                 max_duration: Duration::from_secs(24 * 3600),
+                egress_within: match &args.egress_within {
+                    w if w.is_empty() => Policy::any_egress(),
+                    w => w.clone(),
+                },
             },
             scheduler: SchedulerConfig {
                 dead_after: args.dead_after.0,

@@ -41,6 +41,10 @@ pub struct Args {
     /// Largest memory one sandbox may ask for, MiB (Rhadamanthus's policy; default: the host's memory).
     #[arg(long)]
     pub max_memory: Option<u64>,
+    /// Networks sandboxes may be allowed to reach (Rhadamanthus's policy; repeatable; default
+    /// 0.0.0.0/0). A request allowing egress outside them is refused (403).
+    #[arg(long = "egress-within", value_name = "CIDR")]
+    pub egress_within: Vec<tartarus_core::network::Cidr>,
 }
 
 /// How often the in-process agent refreshes its heartbeat.
@@ -105,6 +109,10 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
                 max_memory_mib: args.max_memory.unwrap_or(memory_mib),
                 max_vcpus: vcpus.max(1) * 4,
                 max_duration: Duration::from_secs(24 * 3600),
+                egress_within: match &args.egress_within {
+                    w if w.is_empty() => Policy::any_egress(),
+                    w => w.clone(),
+                },
             },
             scheduler: SchedulerConfig::default(),
             agent_secret: None,

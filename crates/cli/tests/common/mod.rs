@@ -553,6 +553,7 @@ impl Drop for Realm {
         self.kill();
         // Sandboxes outlive `tartarus up` by design; end whatever of ours still runs.
         kill_leftovers(self.tmp.path(), &self.data_dir.join("sandboxes"));
+        remove_networks(&self.data_dir);
     }
 }
 
@@ -782,6 +783,35 @@ pub fn pids_matching(pred: impl Fn(&str) -> bool) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// Removes the sandbox networks (Styx) an agent with data dir `data_dir` left: its agent is gone
+/// for good, so nobody else would. Best effort.
+pub fn remove_networks(data_dir: &Path) {
+    let leases = Path::new("/run/tartarus/styx/tartarus0/leases");
+    let owner = data_dir.display().to_string();
+    let run = |args: &[&str]| {
+        let _ = Command::new(args[0]).args(&args[1..]).output();
+    };
+    for e in std::fs::read_dir(leases).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let Some((id, who)) = text.trim().split_once(' ') else { continue };
+        if who != owner {
+            continue;
+        }
+        let hex = id.trim_start_matches("sb-");
+        let ip = e.file_name().to_string_lossy().into_owned();
+        let (tt, tx) = (format!("TT-{hex}"), format!("TX-{hex}"));
+        run(&["iptables", "-w", "-D", "TARTARUS-SBX", "-s", &format!("{ip}/32"), "-i", "tartarus0", "-j", &tt]);
+        run(&["iptables", "-w", "-D", "TARTARUS-EXP", "-d", &format!("{ip}/32"), "-j", &tx]);
+        for chain in [&tt, &tx] {
+            run(&["iptables", "-w", "-F", chain]);
+            run(&["iptables", "-w", "-X", chain]);
+        }
+        run(&["ip", "netns", "del", &format!("tt-{hex}")]);
+        run(&["ip", "link", "del", &format!("tt{}", &hex[..12.min(hex.len())])]);
+        let _ = std::fs::remove_file(e.path());
+    }
 }
 
 /// Removes the (empty) cgroups of the sandboxes under `sandboxes`, best effort.

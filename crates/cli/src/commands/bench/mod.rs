@@ -21,6 +21,7 @@ use crate::client::Client;
 use crate::output::{self, Format};
 use crate::raw::{self, RawRun};
 
+mod network;
 mod schedule;
 
 /// Untimed rounds of each before measuring.
@@ -55,6 +56,7 @@ pub enum Command {
   sudo tartarus bench start --template busybox -n 20 --platform ptrace -o table
   sudo tartarus bench start --template busybox --from cold --from snapshot -n 30
   sudo tartarus bench start --template busybox --from cold --from snapshot --from pool -n 30
+  sudo tartarus bench start --template busybox --network egress -n 30
   sudo tartarus bench start --template python-ds --from cold --from snapshot -n 10 \\
       --warm-command \"python3 -c 'import pandas'\" -- python3 -c 'import pandas; print(1)'
 
@@ -90,6 +92,10 @@ pub struct StartArgs {
     /// by Nyx from a warmed copy of the template), or pool (handed over from a warm pool).
     #[arg(long = "from", value_enum, default_values_t = [From::Cold])]
     pub from: Vec<From>,
+    /// Also time the command in a sandbox with a network (`egress`: allowed to reach a sink in a
+    /// namespace of the bench's own), beside the same without, and a 100 MiB transfer to it.
+    #[arg(long, value_enum, value_name = "NETWORK")]
+    pub network: Option<NetworkBench>,
     /// For --from snapshot (and pool): the warm-up run before the checkpoint, a shell command
     /// line run with `sh -c` (e.g. "python3 -c 'import pandas'").
     #[arg(long, value_name = "SCRIPT")]
@@ -100,6 +106,13 @@ pub struct StartArgs {
     /// The command timed (default: echo hi).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// The network measured by `bench start --network`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkBench {
+    /// Egress allowed to one address.
+    Egress,
 }
 
 /// A launch path of `bench start`.
@@ -197,12 +210,27 @@ struct Report {
     /// tartarus-cold p50 over tartarus-pool p50 (how many times faster the pool is).
     #[serde(skip_serializing_if = "Option::is_none")]
     cold_over_pool_p50: Option<f64>,
+    /// tartarus-network p50 minus tartarus-cold p50: what a network (namespace, veth, address,
+    /// rules, and their removal) adds to a sandbox's start and end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network_overhead_p50_ms: Option<f64>,
+    /// 100 MiB sent from a networked sandbox to the allowed address, measured at the receiver.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transfer: Option<Transfer>,
     /// tartarus-pool p50 minus runsc-exec p50: what the realm adds to running the command.
     #[serde(skip_serializing_if = "Option::is_none")]
     pool_overhead_p50_ms: Option<f64>,
     /// tartarus-cold p50 over tartarus-snapshot p50 (how many times faster the snapshot is).
     #[serde(skip_serializing_if = "Option::is_none")]
     cold_over_snapshot_p50: Option<f64>,
+}
+
+/// A measured transfer.
+#[derive(Debug, Serialize)]
+struct Transfer {
+    bytes: u64,
+    seconds: f64,
+    mb_per_s: f64,
 }
 
 /// What the raw runs share.
@@ -464,9 +492,33 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
     );
     let restores = from.contains(&From::Snapshot);
     let execs = from.contains(&From::Pool);
-    // Samples per contender: the realm's paths, then runsc-run, runsc-restore, runsc-exec.
+    // With --network: a sink in a namespace of the bench's own, and the cold path's template
+    // run with egress allowed to it.
+    let sink = match a.network {
+        Some(NetworkBench::Egress) => Some(network::Sink::start().context("setting up the bench's network sink")?),
+        None => None,
+    };
+    let networked = |t: &str, cmd: Vec<String>| {
+        let mut soul = soul_of(t);
+        soul.command = Some(cmd);
+        if let Some(s) = &sink {
+            soul.network.egress = vec![tartarus_core::network::EgressRule {
+                cidr: tartarus_core::network::Cidr::host(s.address),
+                ports: Vec::new(),
+                protocol: None,
+            }];
+        }
+        soul
+    };
+    let cold_template =
+        paths.iter().find(|(f, _)| *f == From::Cold).map_or(template.name.to_string(), |(_, t)| t.clone());
+    // Samples per contender: the realm's paths (and the networked one), then runsc-run,
+    // runsc-restore, runsc-exec.
     let mut samples: Vec<(&'static str, Vec<f64>, u32)> =
         paths.iter().map(|(f, _)| (f.label(), Vec::new(), 0)).collect();
+    if sink.is_some() {
+        samples.push(("tartarus-network", Vec::new(), 0));
+    }
     samples.push(("runsc-run", Vec::new(), 0));
     if restores {
         samples.push(("runsc-restore", Vec::new(), 0));
@@ -483,6 +535,9 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
                 pool_ready(&client, t).await?;
             }
             results.push(tartarus_once(&client, &soul_of(t), *f).await);
+        }
+        if sink.is_some() {
+            results.push(tartarus_once(&client, &networked(&cold_template, command.clone()), From::Cold).await);
         }
         results.push(setup.once(&round.to_string()).await);
         if restores {
@@ -507,11 +562,29 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
         let tag = if measured { format!("{}/{}", round + 1 - WARM_UP, a.n) } else { format!("warm-up {}", round + 1) };
         eprintln!("bench: {tag}: {}", line.join(", "));
     }
+    let mut transfer = None;
+    if let Some(s) = &sink {
+        eprintln!("bench: sending {} MiB from a networked sandbox to the sink", network::TRANSFER_BYTES >> 20);
+        let cmd = vec!["sh".to_owned(), "-c".to_owned(), s.transfer_script()];
+        match tartarus_once(&client, &networked(&cold_template, cmd), From::Cold).await {
+            Err(e) => eprintln!("bench: the transfer failed: {e}"),
+            Ok(_) => match s.last(Duration::from_secs(30)) {
+                Some((bytes, took)) if bytes == network::TRANSFER_BYTES => {
+                    let seconds = took.as_secs_f64();
+                    let mb_per_s = round3(bytes as f64 / 1e6 / seconds.max(1e-9));
+                    transfer = Some(Transfer { bytes, seconds: round3(seconds), mb_per_s });
+                }
+                other => eprintln!("bench: the sink received {other:?}, not {} bytes", network::TRANSFER_BYTES),
+            },
+        }
+    }
+    drop(sink);
     raw::remove_cgroup(CGROUP_PARENT);
     remove_copies(&client, &copies).await;
     let failures: u32 = samples.iter().map(|(_, _, f)| f).sum();
     let results: Vec<Summary> = samples.into_iter().map(|(name, v, f)| summarize(name, a.n, v, f)).collect();
-    let report = report(results);
+    let mut report = report(results);
+    report.transfer = transfer;
     match a.output {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
         Format::Table => print!("{}", render(&report)),
@@ -569,6 +642,8 @@ fn report(results: Vec<Summary>) -> Report {
         cold_over_snapshot_p50: cold_over("tartarus-snapshot"),
         cold_over_pool_p50: cold_over("tartarus-pool"),
         pool_overhead_p50_ms: p50("tartarus-pool").zip(p50("runsc-exec")).map(|(p, e)| round3(p - e)),
+        network_overhead_p50_ms: p50("tartarus-network").zip(p50("tartarus-cold")).map(|(n, c)| round3(n - c)),
+        transfer: None,
         results,
         ratio_p50: ratio,
         overhead_p50_ms: overhead,
