@@ -245,6 +245,12 @@ async fn sandboxes_reach_what_their_contract_allows_and_nothing_else() {
         .await;
     assert_eq!((out.code, out.stdout.clone()), (0, format!("{a2}:9090 hello-9090\n{a2}:8080 blocked\n")), "{out}");
 
+    // Host names are resolved by the node at launch into rules for their addresses.
+    let named =
+        realm.run(json!({"template": TEMPLATE, "command": ["true"], "network": {"hosts": ["localhost:9"]}})).await;
+    let rules = named["network"]["rules"].as_array().cloned().unwrap_or_default();
+    assert!(rules.contains(&json!("allow 127.0.0.1/32 tcp port 9")), "{named}");
+
     // Bad contracts: 4xx, nothing created.
     for bad in [
         json!({"egress": [{"cidr": "10.0.0.1/8"}]}),

@@ -134,6 +134,28 @@ async fn run(program: &str, args: &[&str]) -> Result<String, StyxError> {
     }
 }
 
+/// Runs a command with `input` on its stdin (a batch); its stderr is the error.
+async fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<(), StyxError> {
+    use tokio::io::AsyncWriteExt;
+    let failed = |message: String| StyxError::Command { command: format!("{program} {}", args.join(" ")), message };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("cannot run {program}: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(input.as_bytes()).await.map_err(|e| failed(format!("writing its input: {e}")))?;
+    drop(stdin);
+    let out = child.wait_with_output().await.map_err(|e| failed(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
+    }
+}
+
 async fn ipt(args: &[&str]) -> Result<String, StyxError> {
     let mut a = vec!["-w"];
     a.extend_from_slice(args);
@@ -178,12 +200,6 @@ async fn ensure_chain(table: &str, chain: &str, rules: &[Vec<&str>]) -> Result<(
         ipt(&add).await?;
     }
     Ok(())
-}
-
-/// Creates `chain` in `table` if missing, and empties it.
-async fn fresh_chain(table: &str, chain: &str) -> Result<(), StyxError> {
-    let _ = ipt(&["-t", table, "-N", chain]).await;
-    ipt(&["-t", table, "-F", chain]).await.map(drop)
 }
 
 /// Node networking.
@@ -355,45 +371,46 @@ impl Styx {
     ) -> Result<Vec<String>, StyxError> {
         let n = names(id);
         let (ns, veth, chain) = (n.netns.as_str(), n.veth.as_str(), n.chain.as_str());
-        run("ip", &["netns", "add", ns]).await?;
-        run("ip", &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns]).await?;
-        run("ip", &["link", "set", veth, "master", &self.cfg.bridge, "up"]).await?;
-        run("bridge", &["link", "set", "dev", veth, "isolated", "on"]).await?;
-        let cidr = format!("{address}/{}", self.cfg.subnet.prefix);
-        run("ip", &["-n", ns, "addr", "add", &cidr, "dev", "eth0"]).await?;
-        run("ip", &["-n", ns, "link", "set", "eth0", "up"]).await?;
-        run("ip", &["-n", ns, "link", "set", "lo", "up"]).await?;
-        run("ip", &["-n", ns, "route", "add", "default", "via", &self.gateway.to_string()]).await?;
-        fresh_chain("filter", chain).await?;
+        let br = self.cfg.bridge.as_str();
+        // Three tool runs in all, each a batch (a launch waits for them).
+        let host = format!(
+            "netns add {ns}\nlink add {veth} type veth peer name eth0 netns {ns}\n\
+             link set dev {veth} master {br}\nlink set dev {veth} type bridge_slave isolated on\nlink set dev {veth} up\n"
+        );
+        run_with_input("ip", &["-batch", "-"], &host).await?;
+        let inside = format!(
+            "addr add {address}/{} dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {}\n",
+            self.cfg.subnet.prefix, self.gateway
+        );
+        run_with_input("ip", &["-n", ns, "-batch", "-"], &inside).await?;
         let mut said = Vec::new();
+        let mut table = format!("*filter\n:{chain} - [0:0]\n");
         for r in rules {
             let dest = r.cidr.to_string();
             let ports = r.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
             let protocols = r.protocols();
             if protocols.is_empty() {
-                ipt(&["-A", chain, "-d", &dest, "-j", "ACCEPT"]).await?;
+                table.push_str(&format!("-A {chain} -d {dest} -j ACCEPT\n"));
                 said.push(format!("allow {dest} (all ports)"));
             }
             for p in protocols {
-                let mut a = vec!["-A", chain, "-d", dest.as_str(), "-p", p.as_str()];
-                if !ports.is_empty() {
-                    a.extend(["-m", "multiport", "--dports", ports.as_str()]);
-                }
-                a.extend(["-j", "ACCEPT"]);
-                ipt(&a).await?;
+                let dports = if ports.is_empty() { String::new() } else { format!(" -m multiport --dports {ports}") };
+                table.push_str(&format!("-A {chain} -d {dest} -p {}{dports} -j ACCEPT\n", p.as_str()));
                 let what = if ports.is_empty() { "all ports".to_owned() } else { format!("port {ports}") };
                 said.push(format!("allow {dest} {} {what}", p.as_str()));
             }
         }
         said.push("deny everything else (the host, other sandboxes, 169.254.169.254 always)".into());
-        ipt(&["-A", "TARTARUS-SBX", "-s", &address.to_string(), "-i", &self.cfg.bridge, "-j", chain]).await?;
+        table.push_str(&format!("-A TARTARUS-SBX -s {address}/32 -i {br} -j {chain}\n"));
         if !exposed.is_empty() {
             let ports = exposed.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
-            fresh_chain("filter", &n.exposed).await?;
-            ipt(&["-A", &n.exposed, "-p", "tcp", "-m", "multiport", "--dports", &ports, "-j", "ACCEPT"]).await?;
-            ipt(&["-A", "TARTARUS-EXP", "-d", &address.to_string(), "-j", &n.exposed]).await?;
+            let x = n.exposed.as_str();
+            table.push_str(&format!(":{x} - [0:0]\n-A {x} -p tcp -m multiport --dports {ports} -j ACCEPT\n"));
+            table.push_str(&format!("-A TARTARUS-EXP -d {address}/32 -j {x}\n"));
             said.push(format!("expose tcp port {ports} through Olympus's proxy"));
         }
+        table.push_str("COMMIT\n");
+        run_with_input("iptables-restore", &["-w", "--noflush"], &table).await?;
         Ok(said)
     }
 
