@@ -100,12 +100,28 @@ pub struct Attached {
     pub rules: Vec<String>,
 }
 
+/// A microVM's network, as set up ([`Styx::attach_tap`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedTap {
+    /// The TAP device (give it to the VMM).
+    pub tap: String,
+    /// The guest's address.
+    pub address: Ipv4Addr,
+    /// Its default gateway (the bridge).
+    pub gateway: Ipv4Addr,
+    /// The subnet's prefix length.
+    pub prefix: u8,
+    /// The rules in force, in words.
+    pub rules: Vec<String>,
+}
+
 /// Names of one sandbox's network objects.
 struct Names {
     netns: String,
     veth: String,
     chain: String,
     exposed: String,
+    tap: String,
 }
 
 fn names(id: &SandboxId) -> Names {
@@ -115,6 +131,7 @@ fn names(id: &SandboxId) -> Names {
         veth: format!("tt{}", &hex[..12]),
         chain: format!("TT-{hex}"),
         exposed: format!("TX-{hex}"),
+        tap: format!("tp{}", &hex[..12]),
     }
 }
 
@@ -352,9 +369,14 @@ impl Styx {
     pub async fn attach(&self, id: &SandboxId, contract: &NetworkContract) -> Result<Attached, StyxError> {
         let rules = Self::rules_of(contract).await?;
         let address = self.lease(id)?;
-        let done = self.plumb(id, address, &rules, &contract.ingress).await;
+        let n = names(id);
+        let done = async {
+            self.plumb_namespace(&n, address).await?;
+            self.install_rules(&n, address, &rules, &contract.ingress).await
+        }
+        .await;
         match done {
-            Ok(rules) => Ok(Attached { netns: PathBuf::from("/run/netns").join(names(id).netns), address, rules }),
+            Ok(rules) => Ok(Attached { netns: PathBuf::from("/run/netns").join(n.netns), address, rules }),
             Err(e) => {
                 self.detach(id).await;
                 Err(e)
@@ -362,17 +384,44 @@ impl Styx {
         }
     }
 
-    async fn plumb(
-        &self,
-        id: &SandboxId,
-        address: Ipv4Addr,
-        rules: &[EgressRule],
-        exposed: &[u16],
-    ) -> Result<Vec<String>, StyxError> {
+    /// For a microVM: a TAP device as an isolated port of the bridge, an address for its guest
+    /// (which configures it itself, with the bridge's address as its gateway), and the same
+    /// rules as a sandbox namespace's — keyed by the leased source address, so a guest that
+    /// uses another address reaches nothing.
+    pub async fn attach_tap(&self, id: &SandboxId, contract: &NetworkContract) -> Result<AttachedTap, StyxError> {
+        let rules = Self::rules_of(contract).await?;
+        let address = self.lease(id)?;
         let n = names(id);
-        let (ns, veth, chain) = (n.netns.as_str(), n.veth.as_str(), n.chain.as_str());
+        let (tap, br) = (n.tap.as_str(), self.cfg.bridge.as_str());
+        let done = async {
+            let batch = format!(
+                "tuntap add dev {tap} mode tap\nlink set dev {tap} master {br}\n\
+                 link set dev {tap} type bridge_slave isolated on\nlink set dev {tap} up\n"
+            );
+            run_with_input("ip", &["-batch", "-"], &batch).await?;
+            self.install_rules(&n, address, &rules, &contract.ingress).await
+        }
+        .await;
+        match done {
+            Ok(rules) => Ok(AttachedTap {
+                tap: n.tap.clone(),
+                address,
+                gateway: self.gateway,
+                prefix: self.cfg.subnet.prefix,
+                rules,
+            }),
+            Err(e) => {
+                self.detach(id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A namespace whose `eth0` is one end of a veth pair, the other an isolated bridge port.
+    async fn plumb_namespace(&self, n: &Names, address: Ipv4Addr) -> Result<(), StyxError> {
+        let (ns, veth) = (n.netns.as_str(), n.veth.as_str());
         let br = self.cfg.bridge.as_str();
-        // Three tool runs in all, each a batch (a launch waits for them).
+        // Two tool runs, each a batch (a launch waits for them).
         let host = format!(
             "netns add {ns}\nlink add {veth} type veth peer name eth0 netns {ns}\n\
              link set dev {veth} master {br}\nlink set dev {veth} type bridge_slave isolated on\nlink set dev {veth} up\n"
@@ -382,7 +431,20 @@ impl Styx {
             "addr add {address}/{} dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {}\n",
             self.cfg.subnet.prefix, self.gateway
         );
-        run_with_input("ip", &["-n", ns, "-batch", "-"], &inside).await?;
+        run_with_input("ip", &["-n", ns, "-batch", "-"], &inside).await
+    }
+
+    /// The sandbox's chains (what it may reach, what it exposes) and their jumps, in one
+    /// `iptables-restore`; returns the rules in words.
+    async fn install_rules(
+        &self,
+        n: &Names,
+        address: Ipv4Addr,
+        rules: &[EgressRule],
+        exposed: &[u16],
+    ) -> Result<Vec<String>, StyxError> {
+        let chain = n.chain.as_str();
+        let br = self.cfg.bridge.as_str();
         let mut said = Vec::new();
         let mut table = format!("*filter\n:{chain} - [0:0]\n");
         for r in rules {
@@ -431,6 +493,7 @@ impl Styx {
         }
         let _ = run("ip", &["netns", "del", &n.netns]).await;
         let _ = run("ip", &["link", "del", &n.veth]).await;
+        let _ = run("ip", &["link", "del", &n.tap]).await;
         for ip in addresses {
             let _ = std::fs::remove_file(self.lease_dir().join(ip.to_string()));
         }
