@@ -551,3 +551,31 @@ async fn a_sandbox_asleep_on_one_node_wakes_on_another() {
     let (status, body) = fleet.delete(&format!("/v1/sandboxes/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exposed_port_answers_through_olympus_from_a_remote_agent() {
+    if !ready() {
+        return;
+    }
+    let fleet = Fleet::start(&[spec("p1", "", 4096, 10)]).await;
+    let serve = "mkdir -p /tmp/www && echo from-the-fleet > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www";
+    let soul = json!({"template": TEMPLATE, "command": ["sh", "-c", serve], "network": {"ingress": [8080]}});
+    let id = id_of(&fleet.create(soul).await);
+    let rec = fleet.wait_running(&id, Duration::from_secs(60)).await;
+    assert!(rec["network"]["address"].is_string(), "{rec}");
+    // Olympus → the agent's API → the sandbox, and back.
+    let mut answer = (StatusCode::NOT_FOUND, json!(null));
+    for _ in 0..50 {
+        answer = fleet.get(&format!("/v1/sandboxes/{id}/ports/8080/index.html")).await;
+        if answer.0 == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer, (StatusCode::OK, json!("from-the-fleet\n")), "the exposed port did not answer");
+    // The agent's own refusal comes back as the realm's error, not as the sandbox's answer.
+    let (status, body) = fleet.get(&format!("/v1/sandboxes/{id}/ports/9000/")).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("port_not_exposed")), "{body}");
+    let (status, body) = fleet.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

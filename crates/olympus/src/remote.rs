@@ -141,10 +141,10 @@ fn error_of(node: &str, status: StatusCode, err: ErrorBody) -> NodeError {
                 err.message
             ))
         }
-        (StatusCode::NOT_FOUND, _) => NodeError::NotFound(err.message),
-        (StatusCode::CONFLICT, "cannot_sleep") => NodeError::CannotSleep(err.message),
         (StatusCode::NOT_FOUND, "port_not_exposed") => NodeError::NotExposed(err.message),
         (StatusCode::BAD_GATEWAY, "bad_gateway") => NodeError::BadGateway(err.message),
+        (StatusCode::NOT_FOUND, _) => NodeError::NotFound(err.message),
+        (StatusCode::CONFLICT, "cannot_sleep") => NodeError::CannotSleep(err.message),
         (StatusCode::CONFLICT, _) => NodeError::NotRunning(err.message),
         _ => NodeError::Failed(format!("node {node}: {}", err.message)),
     }
