@@ -106,23 +106,38 @@ async fn run_probe(realm: &Realm, network: serde_json::Value, targets: &[String]
     (rec, out.stdout)
 }
 
-/// What Styx left on the host: namespaces, veths, chains and leases of sandboxes.
-fn leftovers(realm: &Realm) -> Vec<String> {
+/// What Styx left on the host of this realm's sandboxes: namespaces, veths, chains and leases
+/// (other realms on the machine, a quickstart's say, are not this test's business).
+async fn leftovers(realm: &Realm) -> Vec<String> {
+    let (_, listed) = realm.get("/v1/sandboxes?limit=100000").await;
+    let hexes: Vec<String> = listed["sandboxes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["id"].as_str().map(|id| id.trim_start_matches("sb-").to_owned()))
+        .collect();
+    let ours = |s: &str| hexes.iter().any(|h| s.contains(h.as_str()) || s.contains(&h[..12]));
     let text = |args: &[&str]| {
         String::from_utf8_lossy(&Command::new(args[0]).args(&args[1..]).output().unwrap().stdout).into_owned()
     };
     let mut left: Vec<String> = Vec::new();
-    left.extend(text(&["ip", "netns", "list"]).lines().filter(|l| l.starts_with("tt-")).map(|l| format!("netns {l}")));
+    left.extend(
+        text(&["ip", "netns", "list"])
+            .lines()
+            .filter(|l| l.starts_with("tt-") && ours(l))
+            .map(|l| format!("netns {l}")),
+    );
     left.extend(
         text(&["ip", "-o", "link", "show", "master", "tartarus0"])
             .lines()
             .filter_map(|l| l.split(':').nth(1))
+            .filter(|n| ours(n))
             .map(|n| format!("veth {}", n.trim())),
     );
     left.extend(
         text(&["iptables", "-w", "-S"])
             .lines()
-            .filter(|l| l.contains("TT-") || l.contains("TX-"))
+            .filter(|l| (l.contains("TT-") || l.contains("TX-")) && ours(l))
             .map(|l| format!("rule {l}")),
     );
     let owner = realm.data_dir.display().to_string();
@@ -140,7 +155,7 @@ fn leftovers(realm: &Realm) -> Vec<String> {
 async fn until_clean(realm: &Realm) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let left = leftovers(realm);
+        let left = leftovers(realm).await;
         if left.is_empty() {
             return;
         }

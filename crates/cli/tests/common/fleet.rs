@@ -343,6 +343,7 @@ impl Drop for Fleet {
         }
         for a in &self.agents {
             kill_leftovers(self.tmp.path(), &a.data_dir.join("sandboxes"));
+            super::remove_networks(&a.data_dir);
         }
     }
 }
