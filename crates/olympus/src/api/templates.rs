@@ -446,12 +446,12 @@ pub async fn inspect(
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Json<TemplateRecord>, ApiError> {
     let name = TemplateName::parse(&name).map_err(|_| ApiError::TemplateNotFound(format!("no template {name:?}")))?;
-    ctx.state
-        .templates
-        .template(&name)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::TemplateNotFound(format!("no template {name}")))
+    stored(&ctx, &name).await.map(Json)
+}
+
+/// Template `name` as stored, or `404 template_not_found`.
+async fn stored(ctx: &Ctx, name: &TemplateName) -> Result<TemplateRecord, ApiError> {
+    ctx.state.templates.template(name).await?.ok_or_else(|| ApiError::TemplateNotFound(format!("no template {name}")))
 }
 
 /// Remove a template (its blobs stay until `prune`). Refused while live sandboxes use it.
@@ -463,12 +463,7 @@ pub async fn remove(
 ) -> Result<Json<TemplateRecord>, ApiError> {
     let name = TemplateName::parse(&name).map_err(|_| ApiError::TemplateNotFound(format!("no template {name:?}")))?;
     let _guard = ctx.imports.lock().await;
-    let rec = ctx
-        .state
-        .templates
-        .template(&name)
-        .await?
-        .ok_or_else(|| ApiError::TemplateNotFound(format!("no template {name}")))?;
+    let rec = stored(&ctx, &name).await?;
     let users = live_users(&ctx, &name).await?;
     if users > 0 {
         return Err(ApiError::Conflict(format!("{users} live sandboxes use template {name}; kill them first")));
@@ -630,12 +625,7 @@ pub async fn remove_snapshot(
 ) -> Result<Json<tartarus_core::SnapshotInfo>, ApiError> {
     let name = TemplateName::parse(&name).map_err(|_| ApiError::TemplateNotFound(format!("no template {name:?}")))?;
     let _guard = ctx.imports.lock().await;
-    let mut rec = ctx
-        .state
-        .templates
-        .template(&name)
-        .await?
-        .ok_or_else(|| ApiError::TemplateNotFound(format!("no template {name}")))?;
+    let mut rec = stored(&ctx, &name).await?;
     let snap = rec.snapshot.take().ok_or_else(|| ApiError::NotFound(format!("template {name} has no snapshot")))?;
     ctx.state.templates.put_template(&rec).await?;
     Ok(Json(snap))
@@ -669,12 +659,7 @@ pub async fn set_pool(
         )));
     }
     let _guard = ctx.imports.lock().await;
-    let mut rec = ctx
-        .state
-        .templates
-        .template(&name)
-        .await?
-        .ok_or_else(|| ApiError::TemplateNotFound(format!("no template {name}")))?;
+    let mut rec = stored(&ctx, &name).await?;
     rec.pool_size = req.size;
     ctx.state.templates.put_template(&rec).await?;
     Ok(Json(rec))
