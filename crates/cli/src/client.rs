@@ -385,9 +385,8 @@ impl Client {
     }
 
     /// `POST /v1/templates/{name}/warm`: Nyx.Prepare; returns the snapshot made.
-    pub async fn warm_template(&self, name: &str, command: Option<&[String]>) -> anyhow::Result<SnapshotInfo> {
-        let body = serde_json::json!({ "command": command });
-        self.json(self.request(Method::POST, &format!("/v1/templates/{name}/warm")).json(&body), "snapshot").await
+    pub async fn warm_template(&self, name: &str, warming: &tartarus_core::Warming) -> anyhow::Result<SnapshotInfo> {
+        self.json(self.request(Method::POST, &format!("/v1/templates/{name}/warm")).json(warming), "snapshot").await
     }
 
     /// `GET /v1/snapshots`: every template's snapshot, with why it is stale if it is.

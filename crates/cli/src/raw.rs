@@ -34,10 +34,17 @@ pub fn write_bundle(dir: &Path, rootfs: &Path, command: &[&str], cgroup: &str) -
         user: (0, 0),
         resources: Resources::default(),
         netns: None,
+        door: false,
     };
-    // The session keeper is only mounted for sessions; these bundles always have a command.
-    let config = bundle::config(&spec, Path::new("/bin/busybox"), cgroup);
+    let config = bundle::config(&spec, Path::new("/bin/busybox"), &hatch_beside(dir)?, cgroup);
     std::fs::write(dir.join("config.json"), config)
+}
+
+/// The hatch every bundle mounts, written once beside the bundles in `dir`'s parent.
+fn hatch_beside(dir: &Path) -> std::io::Result<PathBuf> {
+    let hatch = dir.parent().unwrap_or(dir).join("tartarus-hatch");
+    tartarus_hecatoncheir::hatch::install(&hatch)?;
+    Ok(hatch)
 }
 
 /// Writes `dir/config.json` for a session (kept up by the host's busybox, as the realm's are):
@@ -53,8 +60,12 @@ pub fn write_session_bundle(dir: &Path, rootfs: &Path, cgroup: &str) -> std::io:
         user: (0, 0),
         resources: Resources::default(),
         netns: None,
+        door: false,
     };
-    std::fs::write(dir.join("config.json"), bundle::config(&spec, Path::new("/bin/busybox"), cgroup))
+    std::fs::write(
+        dir.join("config.json"),
+        bundle::config(&spec, Path::new("/bin/busybox"), &hatch_beside(dir)?, cgroup),
+    )
 }
 
 /// One `runsc run`, as asked.

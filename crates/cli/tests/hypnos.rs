@@ -1,7 +1,8 @@
 //! Hypnos end to end with real gVisor: a sandbox running a counter sleeps (checkpointed,
 //! compressed, its node released) and wakes with the counter going on and its files intact;
-//! sessions fall asleep when idle; a sandbox asleep past its max_sleep is ended; and the whole
-//! feature is refused while ENABLE_HYPNOS is off.
+//! sessions fall asleep when idle; a sandbox asleep past its max_sleep is ended; sandboxes
+//! launched from a snapshot or a pool sleep like booted ones; and the whole feature is refused
+//! while ENABLE_HYPNOS is off.
 
 mod common;
 
@@ -180,4 +181,47 @@ async fn hypnos_is_refused_while_disabled() {
     assert_eq!(out.code, 1, "{out}");
     assert!(out.stderr.contains("ENABLE_HYPNOS=1"), "{out}");
     assert_eq!(realm.record(&id).await["state"], "running", "a refused sleep changed the sandbox");
+}
+
+#[tokio::test]
+async fn sandboxes_launched_from_a_snapshot_or_a_pool_sleep_and_wake_too() {
+    if !common::require_prereqs() {
+        return;
+    }
+    let realm = hypnos_realm().await;
+    let out = realm.cli(&["template", "warm", TEMPLATE]).await;
+    assert_eq!(out.code, 0, "{out}");
+    let restored = id_of(&realm.create(json!({"template": TEMPLATE, "command": ["sh", "-c", COUNTER]})).await);
+    let out = realm.cli(&["template", "pool", TEMPLATE, "1"]).await;
+    assert_eq!(out.code, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, list) = realm.get("/v1/templates").await;
+        if list["pools"][TEMPLATE]["ready"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool never got ready: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pooled = id_of(&realm.create(json!({"template": TEMPLATE, "command": ["sh", "-c", COUNTER]})).await);
+    for (id, from) in [(&restored, "snapshot "), (&pooled, "pool ")] {
+        realm.wait_running(id, Duration::from_secs(60)).await;
+        let rec = realm.record(id).await;
+        assert!(rec["launched_from"].as_str().unwrap_or_default().starts_with(from), "{rec}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let out = realm.cli(&["sleep", id]).await;
+        assert_eq!(out.code, 0, "{out}");
+        let at_sleep = counted(&realm, id).await;
+        let last = *at_sleep.last().expect("it counted before sleeping");
+        let out = realm.cli(&["wake", id]).await;
+        assert_eq!(out.code, 0, "{out}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = counted(&realm, id).await;
+        assert!(after.len() > at_sleep.len(), "it did not count after waking: {after:?}");
+        assert_eq!(after[at_sleep.len()], last + 1, "the count restarted or skipped: {after:?}");
+        let out = realm.cli(&["exec", id, "--", "cat", "/kept.txt"]).await;
+        assert_eq!((out.code, out.stdout.as_str()), (0, "before-sleep\n"), "{out}");
+        let (status, body) = realm.delete(&format!("/v1/sandboxes/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
 }

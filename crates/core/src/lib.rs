@@ -34,5 +34,5 @@ pub use sandbox::{
 pub use soul::{
     HeatLevel, HumanDuration, NetworkContract, ResourceClass, Resources, SandboxSpec, SoulRequest, SpecError,
 };
-pub use template::{ImageDefaults, ImageInfo, SnapshotInfo, TemplateName, TemplateRecord, MAX_POOL_SIZE};
+pub use template::{ImageDefaults, ImageInfo, SnapshotInfo, TemplateName, TemplateRecord, Warming, MAX_POOL_SIZE};
 pub use verdict::{Ruling, Verdict};

@@ -183,15 +183,68 @@ pub struct SnapshotInfo {
     /// The command run in the sandbox before the checkpoint, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_command: Option<Vec<String>>,
+    /// Python modules imported by the resident interpreter the snapshot holds (none: no resident).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preload: Vec<String>,
     /// When it was made.
     pub created_at: DateTime<Utc>,
     /// How long making it took, milliseconds.
     pub took_ms: u64,
 }
 
+/// How Nyx warms a template before taking its snapshot (`POST /v1/templates/{name}/warm`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Warming {
+    /// A warm-up command run in the sandbox to its end before the checkpoint; the files it writes
+    /// are part of the snapshot (processes it leaves are not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Python modules (e.g. `pandas`) imported by a resident `python3` kept in the snapshot:
+    /// a request `python3 -c CODE` on a sandbox restored from it is run by that interpreter, its
+    /// imports done already. Other commands run as usual.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preload: Vec<String>,
+}
+
+impl Warming {
+    /// The warming a snapshot was made with (to rebuild it alike).
+    pub fn of(snapshot: &SnapshotInfo) -> Self {
+        Self { command: snapshot.warm_command.clone(), preload: snapshot.preload.clone() }
+    }
+
+    /// Checks the preload list: at most 64 dotted Python module names.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.preload.len() > 64 {
+            return Err(format!("preload: at most 64 modules, not {}", self.preload.len()));
+        }
+        for m in &self.preload {
+            let ok = !m.is_empty()
+                && m.len() <= 200
+                && m.split('.').all(|part| {
+                    part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
+            if !ok {
+                return Err(format!("preload: {m:?} is not a Python module name (like pandas or os.path)"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preload_names_are_python_module_names() {
+        let w = |m: &[&str]| Warming { command: None, preload: m.iter().map(|s| s.to_string()).collect() };
+        assert!(w(&["pandas", "os.path", "_x1"]).validate().is_ok());
+        for bad in ["", "a-b", "1x", "a..b", "x;import os", "a b"] {
+            assert!(w(&[bad]).validate().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn names() {

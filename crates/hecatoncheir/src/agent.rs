@@ -110,6 +110,12 @@ pub enum AgentError {
     /// Warming a template failed.
     #[error("warming failed: {0}")]
     Warm(String),
+    /// A pooled sandbox could not be made ready.
+    #[error("warm pool: {0}")]
+    Pool(String),
+    /// A sandbox started ahead (snapshot, pool) could not be given its command at its door.
+    #[error("giving the sandbox its command: {0}")]
+    Door(#[source] std::io::Error),
     /// Hypnos could not put the sandbox to sleep or wake it.
     #[error("{0}")]
     CannotSleep(String),
@@ -178,8 +184,8 @@ impl Settings {
     }
 }
 
-/// A session of `template` with its defaults and a fresh id, for the agent's own use (warming,
-/// pools; `origin` names which in errors).
+/// A sandbox of `template` with its defaults and a fresh id, its hatch waiting at its door, for the
+/// agent's own use (warming, pools; `origin` names which in errors).
 pub(crate) fn session_of(template: &TemplateRecord, origin: &str) -> Result<(Settings, LaunchSpec), AgentError> {
     let spec = tartarus_core::SoulRequest { template: template.name.to_string(), ..Default::default() }
         .validate(origin)
@@ -194,6 +200,7 @@ pub(crate) fn session_of(template: &TemplateRecord, origin: &str) -> Result<(Set
         user: settings.user,
         resources: spec.resources,
         netns: None,
+        door: true,
     };
     Ok((settings, launch))
 }
@@ -493,9 +500,11 @@ impl Hecatoncheir {
             entry.into_iter().chain(c.iter().cloned()).collect::<Vec<_>>()
         });
         let env = settings.env(&BTreeMap::new());
+        let mut program = None;
         if let Some(argv) = &command {
             let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
-            if rootfs::find_program(&template.rootfs, &argv[0], path_var, &settings.workdir).is_none() {
+            program = rootfs::find_program(&template.rootfs, &argv[0], path_var, &settings.workdir);
+            if program.is_none() {
                 self.fail(
                     id,
                     format!("command not found: {:?} is not an executable in template {}", argv[0], spec.template),
@@ -513,6 +522,7 @@ impl Hecatoncheir {
             user: settings.user,
             resources: spec.resources,
             netns: None,
+            door: false,
         };
         let dir = self.dir(id);
         if !spec.network.is_none() {
@@ -553,22 +563,26 @@ impl Hecatoncheir {
             let started = self.wake_here(&rec, &sleep, &launch, &dir).await;
             return self.launched(&rec, started, takes, settings, &dir, None).await;
         }
-        let (started, launched_from) = match self.serve_from_pool(&template, &launch, &dir).await {
+        let order = crate::hatch::Order::of(&launch, program);
+        let (started, launched_from) = match self.serve_from_pool(&template, &launch, &order, &dir).await {
             Some((shim, from)) => (Ok(shim), from),
             None => {
                 let (image, launched_from) = self.snapshot_for(&template).await;
                 let started = async {
-                    let main = match &image {
-                        Some(image) => self.runtime.restore(&launch, &dir, image).await?,
-                        None => self.runtime.create(&launch, &dir).await?,
+                    let Some(image) = &image else {
+                        let main = self.runtime.create(&launch, &dir).await?;
+                        return Ok(self.runtime.start(&dir, &main, &self.cfg.shim_exe).await?);
                     };
-                    self.runtime.start(&dir, &main, &self.cfg.shim_exe).await
+                    let main = self.runtime.restore(&launch, &dir, image).await?;
+                    let shim = self.runtime.start(&dir, &main, &self.cfg.shim_exe).await?;
+                    crate::hatch::give(&crate::hatch::door(&dir), &order).await.map_err(AgentError::Door)?;
+                    Ok::<_, AgentError>(shim)
                 }
                 .await;
                 (started, launched_from)
             }
         };
-        self.launched(&rec, started.map_err(AgentError::from), takes, settings, &dir, Some(launched_from)).await
+        self.launched(&rec, started, takes, settings, &dir, Some(launched_from)).await
     }
 
     /// The rest of a launch once the runtime was asked to start sandbox `rec` (`started`): on
@@ -670,13 +684,13 @@ impl Hecatoncheir {
                 }
             },
             Err(why) => {
-                let command = template.snapshot.as_ref().and_then(|s| s.warm_command.clone());
+                let warming = template.snapshot.as_ref().map(tartarus_core::Warming::of).unwrap_or_default();
                 let this = self.clone();
                 let name = template.name.clone();
                 if self.warming.lock().expect("lock").insert(name.clone()) {
                     info!(template = %name, reason = %why, "snapshot is stale; rebuilding it");
                     tokio::spawn(async move {
-                        if let Err(e) = this.warm(&name, command).await {
+                        if let Err(e) = this.warm(&name, warming).await {
                             warn!(template = %name, error = %error_chain(&e), "rebuilding a stale snapshot failed");
                         }
                         this.warming.lock().expect("lock").remove(&name);
@@ -687,16 +701,29 @@ impl Hecatoncheir {
         }
     }
 
-    /// Nyx.Prepare: warms a sandbox of template `name` — starts it as a session, runs `command` in
-    /// it to its end, pauses it and checkpoints it —
-    /// then stores the checkpoint as the template's snapshot, replacing any earlier one.
+    /// Nyx.Prepare: warms a sandbox of template `name` — starts it with its hatch waiting at its
+    /// door, runs the warm-up command in it to its end, replaces the hatch with a resident Python
+    /// that has imported the preloaded modules (if any), pauses it and checkpoints it — then
+    /// stores the checkpoint as the template's snapshot, replacing any earlier one. Sandboxes
+    /// restored from it wait at their door for their request's command.
     #[instrument(skip(self))]
-    pub async fn warm(&self, name: &TemplateName, command: Option<Vec<String>>) -> Result<SnapshotInfo, AgentError> {
+    pub async fn warm(&self, name: &TemplateName, warming: tartarus_core::Warming) -> Result<SnapshotInfo, AgentError> {
         let nyx = self.cfg.nyx.as_ref().ok_or(AgentError::NoSnapshots)?;
         let started = std::time::Instant::now();
         let template =
             self.state.templates.template(name).await?.ok_or_else(|| AgentError::NoTemplate(name.clone()))?;
+        warming.validate().map_err(AgentError::Warm)?;
         let (settings, launch) = session_of(&template, "nyx")?;
+        let python = match warming.preload.is_empty() {
+            true => None,
+            false => {
+                let path_var = launch.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
+                let found = rootfs::find_program(&template.rootfs, "python3", path_var, &settings.workdir);
+                Some(found.ok_or_else(|| {
+                    AgentError::Warm(format!("preloading needs python3, and template {name} has none on its PATH"))
+                })?)
+            }
+        };
         let id = launch.id.clone();
         let dir = self.dir(&id);
         let snap_id = format!("snap-{}", &id.to_string()[3..]);
@@ -704,8 +731,13 @@ impl Hecatoncheir {
             let main = self.runtime.create(&launch, &dir).await?;
             let mut shim = self.runtime.start(&dir, &main, &self.cfg.shim_exe).await?;
             self.until_running(&id, &mut shim).await;
-            if let Some(argv) = &command {
+            if let Some(argv) = &warming.command {
                 self.warm_up(&id, &settings, argv, &dir).await?;
+            }
+            if let Some(python) = &python {
+                let order = crate::hatch::resident_python(python, &warming.preload, &launch);
+                crate::hatch::give(&crate::hatch::door(&dir), &order).await.map_err(AgentError::Door)?;
+                self.resident_ready(&dir, &mut shim).await?;
             }
             self.runtime.pause(&id).await?;
             self.runtime.checkpoint(&id, &nyx.image_dir(&snap_id), true).await?;
@@ -734,7 +766,8 @@ impl Hecatoncheir {
             artifact: stored.artifact.to_string(),
             size_bytes: stored.size_bytes,
             compressed_bytes: stored.compressed_bytes,
-            warm_command: command,
+            warm_command: warming.command,
+            preload: warming.preload,
             created_at: Utc::now(),
             took_ms: started.elapsed().as_millis() as u64,
         };
@@ -752,6 +785,33 @@ impl Hecatoncheir {
         }
         info!(template = %name, snapshot = %snap.id, bytes = snap.size_bytes, compressed = snap.compressed_bytes, took_ms = snap.took_ms, "snapshot made");
         Ok(snap)
+    }
+
+    /// Waits until the resident given to the sandbox in `dir` says it is ready (its imports done);
+    /// fails with what it said if it ends first or takes longer than a warm-up may.
+    async fn resident_ready(&self, dir: &SandboxDir, shim: &mut ShimHandle) -> Result<(), AgentError> {
+        let deadline = tokio::time::Instant::now() + WARM_UP_LIMIT;
+        loop {
+            let said = tokio::fs::read(dir.stderr()).await.unwrap_or_default();
+            let said = String::from_utf8_lossy(&said);
+            if said.lines().any(|l| l == crate::hatch::RESIDENT_READY) {
+                return Ok(());
+            }
+            let tail: String = said.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect();
+            if shim.has_ended() {
+                return Err(AgentError::Warm(format!(
+                    "the resident Python ended before it was ready: {}",
+                    tail.trim()
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AgentError::Warm(format!(
+                    "the resident Python was not ready within {WARM_UP_LIMIT:?}: {}",
+                    tail.trim()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Runs a warm-up command in a sandbox being warmed; it must exit with 0.
@@ -921,7 +981,7 @@ impl Hecatoncheir {
                         // Thanatos's gentle path: the signal, then a grace period to end by itself.
                         self.initiate(&id, &mut dying, order).await;
                         self.thaw(&id).await;
-                        if let Err(e) = self.runtime.signal_main(&id, &dir, order.signal).await {
+                        if let Err(e) = self.runtime.kill(&id, order.signal, false).await {
                             warn!(sandbox = %id, error = %error_chain(&e), "sending the termination signal failed");
                         }
                         dying.phase(TerminationPhase::Signaled);

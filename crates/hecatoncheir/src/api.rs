@@ -285,23 +285,16 @@ async fn launch(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<s
     Ok(Json(serde_json::json!({})))
 }
 
-/// The body of `POST /templates/{name}/warm`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct WarmBody {
-    /// The warm-up command, run to its end before the checkpoint.
-    #[serde(default)]
-    pub command: Option<Vec<String>>,
-}
-
+/// `POST /templates/{name}/warm` (the body is a [`tartarus_core::Warming`]).
 async fn warm(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
-    Json(body): Json<WarmBody>,
+    Json(body): Json<tartarus_core::Warming>,
 ) -> Result<Json<tartarus_core::SnapshotInfo>, AgentApiError> {
     let name =
         tartarus_core::TemplateName::parse(&name).map_err(|e| AgentApiError::from(AgentError::Warm(e.to_string())))?;
     let agent = ctx.agent.clone();
-    Ok(Json(to_completion(async move { agent.warm(&name, body.command).await }).await?))
+    Ok(Json(to_completion(async move { agent.warm(&name, body).await }).await?))
 }
 
 /// The body of `POST /sandboxes/{id}/kill`.

@@ -39,11 +39,6 @@ impl Hecatoncheir {
         })?;
         let rec = self.get(id).await?;
         let (activity, _) = self.live_or_err(&rec, &[SandboxState::Running, SandboxState::Paused])?;
-        if let Some(from) = rec.launched_from.as_deref().filter(|f| !f.starts_with("cold")) {
-            return Err(AgentError::CannotSleep(format!(
-                "it was launched from {from}: its main process was started by `runsc exec`, and such processes do not survive a restore with the runsc in use; only sandboxes that booted (launched_from: cold) can sleep"
-            )));
-        }
         if !rec.spec.network.is_none() {
             return Err(AgentError::CannotSleep(
                 "it has a network (Styx): its namespace and address are not carried across a sleep yet".into(),

@@ -11,6 +11,7 @@
 //! - [`erinyes`] — enforcement: cgroup limits and accounting (Tisiphone), deadlines (Alecto).
 //! - [`hermes`] — reading and following a sandbox's logs.
 //! - [`thanatos`] — graceful death: termination phases, mortem hooks, the callback.
+//! - [`hatch`] — giving a sandbox started ahead (snapshot, pool) its request's command.
 //! - [`nyx`] — template snapshots: the stored artifact of a warmed sandbox, restored from.
 //! - [`rootfs`] — looking things up inside a template's root filesystem without escaping it.
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod api;
 pub mod charon;
 pub mod erinyes;
+pub mod hatch;
 pub mod hermes;
 pub mod hypnos;
 pub mod lethe;

@@ -1,12 +1,13 @@
 //! Warm pools: keeps sandboxes of pooled templates ready on this node and hands one over to each
 //! request, so the request only pays for running its command.
 //!
-//! A template with `pool_size` N has up to N sandboxes ready on every node: sessions restored
-//! from its Nyx snapshot when it has a usable one, booted otherwise, idle under their keeper.
-//! A launch of the template takes one ([`Hecatoncheir::serve_from_pool`]): its directory becomes
-//! the sandbox's, the runtime names it by the sandbox's id from then on, its limits become the
-//! request's, and the request's command runs inside it as the main process
-//! ([`crate::runtime::Runtime::hand_over`]). A pooled sandbox serves one request only and ends
+//! A template with `pool_size` N has up to N sandboxes ready on every node: restored from its
+//! Nyx snapshot when it has a usable one, booted otherwise, their hatch waiting at their door
+//! ([`crate::hatch`]) under a running shim. A launch of the template takes one
+//! ([`Hecatoncheir::serve_from_pool`]): its directory becomes the sandbox's, the runtime names it
+//! by the sandbox's id from then on and its limits become the request's
+//! ([`crate::runtime::Runtime::hand_over`]), and the request's command is given at its door: the
+//! hatch becomes it, and the shim that was waiting records its end. A pooled sandbox serves one request only and ends
 //! with it; it is never put back, so nothing passes from one tenant to the next. The keeper
 //! ([`Hecatoncheir::keep_pools`]) refills pools in the background while the node has room
 //! (pooled sandboxes count against its slots and memory), and releases pooled sandboxes whose
@@ -24,7 +25,7 @@ use tracing::{info, warn};
 use crate::agent::{error_chain, session_of, AgentError, Hecatoncheir};
 use crate::lethe::SandboxDir;
 use crate::runtime::LaunchSpec;
-use crate::shim::{ShimHandle, ShimSpec};
+use crate::shim::ShimHandle;
 
 /// How often pools are looked at when nothing wakes the keeper.
 const TEND_EVERY: Duration = Duration::from_secs(1);
@@ -57,6 +58,8 @@ pub(crate) struct Pools {
     ready: HashMap<TemplateName, Vec<Pooled>>,
     served: HashMap<TemplateName, u64>,
     failed: HashMap<TemplateName, Instant>,
+    /// The shims of the ready sandboxes, handed over with them.
+    shims: HashMap<SandboxId, ShimHandle>,
 }
 
 impl Pools {
@@ -202,48 +205,45 @@ impl Hecatoncheir {
         let usable = template.usable_snapshot(&self.runtime.describe()).ok().flatten();
         if usable.is_some() && image.is_none() {
             // Booting instead would give a sandbox the keeper releases at once as stale.
-            return Err(AgentError::Warm(format!("not filling the pool: {from}")));
+            return Err(AgentError::Pool(format!("not filling the pool: {from}")));
         }
         let snapshot = image.as_ref().and(usable).map(|s| s.id.clone());
         let started = async {
-            match &image {
-                // The restored init is the snapshot's keeper: nothing more to run until handover.
-                Some(image) => drop(self.runtime.restore(&launch, &dir, image).await?),
-                None => {
-                    let main = self.runtime.create(&launch, &dir).await?;
-                    let log = dir.root().join("pool.log");
-                    let spec = ShimSpec {
-                        argv: main.argv,
-                        stdout: log.clone(),
-                        stderr: log,
-                        exit_file: dir.root().join("pool.exit"),
-                        wait_status: false,
-                        netns: None,
-                    };
-                    let mut shim = spec.spawn(&self.cfg.shim_exe, &dir).map_err(|source| {
-                        crate::runtime::RuntimeError::Spawn { program: self.cfg.shim_exe.display().to_string(), source }
-                    })?;
-                    self.until_running(&id, &mut shim).await;
-                }
-            }
+            // Its shim writes to the directory's logs, which become the request's: the hatch
+            // prints nothing until it becomes the request's command.
+            let main = match &image {
+                Some(image) => self.runtime.restore(&launch, &dir, image).await?,
+                None => self.runtime.create(&launch, &dir).await?,
+            };
+            let mut shim = self.runtime.start(&dir, &main, &self.cfg.shim_exe).await?;
+            self.until_running(&id, &mut shim).await;
             match self.runtime.status(&id).await? {
-                Some(crate::runtime::RuntimeStatus::Running) => Ok(()),
-                other => Err(AgentError::Warm(format!("the pooled sandbox is {other:?}, not running"))),
+                Some(crate::runtime::RuntimeStatus::Running) => Ok(shim),
+                other => Err(AgentError::Pool(format!("the pooled sandbox is {other:?}, not running"))),
             }
         }
         .await;
         let pooled = Pooled { id, content: template.content_id(), snapshot };
-        if let Err(e) = started {
-            self.release_pooled(&pooled).await;
-            return Err(e);
+        match started {
+            Ok(shim) => {
+                self.pools.lock().expect("lock").shims.insert(pooled.id.clone(), shim);
+                Ok(pooled)
+            }
+            Err(e) => {
+                self.release_pooled(&pooled).await;
+                Err(e)
+            }
         }
-        Ok(pooled)
     }
 
     /// Ends a pooled sandbox that was never handed over and removes its directory.
     async fn release_pooled(&self, p: &Pooled) {
+        let shim = self.pools.lock().expect("lock").shims.remove(&p.id);
         if let Err(e) = self.stop_and_destroy(&p.id).await {
             warn!(sandbox = %p.id, error = %error_chain(&e), "releasing a pooled sandbox failed");
+        }
+        if let Some(mut shim) = shim {
+            let _ = tokio::time::timeout(Duration::from_secs(2), shim.wait()).await;
         }
         // A booted one's shim records its exit in the directory as it goes: let it finish first.
         let dir = self.dir(&p.id);
@@ -258,12 +258,13 @@ impl Hecatoncheir {
     }
 
     /// Serves the launch of `launch.id` from `template`'s pool on this node, if it has a sandbox
-    /// ready: returns the main process's shim and how the launch is described in the record.
-    /// `None` (nothing ready, or the handover failed and was undone): boot or restore instead.
+    /// ready: gives it `order` and returns its shim and how the launch is described in the
+    /// record. `None` (nothing ready, or the handover failed and was undone): boot or restore.
     pub(crate) async fn serve_from_pool(
         &self,
         template: &TemplateRecord,
         launch: &LaunchSpec,
+        order: &crate::hatch::Order,
         dir: &SandboxDir,
     ) -> Option<(ShimHandle, String)> {
         if template.pool_size == 0 {
@@ -276,8 +277,14 @@ impl Hecatoncheir {
             tokio::fs::rename(self.dir(&p.id).root(), dir.root())
                 .await
                 .map_err(|source| crate::runtime::RuntimeError::Prepare { path: dir.root().to_owned(), source })?;
-            let main = self.runtime.hand_over(&p.id, launch, dir).await?;
-            self.runtime.start(dir, &main, &self.cfg.shim_exe).await
+            self.runtime.hand_over(&p.id, launch, dir).await?;
+            crate::hatch::give(&crate::hatch::door(dir), order).await.map_err(AgentError::Door)?;
+            self.pools
+                .lock()
+                .expect("lock")
+                .shims
+                .remove(&p.id)
+                .ok_or_else(|| AgentError::Pool(format!("the shim of pooled sandbox {} is not this agent's", p.id)))
         }
         .await;
         match handed {

@@ -24,7 +24,9 @@ pub struct ShimSpec {
     pub stdout: PathBuf,
     /// File receiving stderr.
     pub stderr: PathBuf,
-    /// Where to record the exit status.
+    /// Where to record the exit status; a relative path is taken in the sandbox's directory,
+    /// which the shim works in, so the record follows the directory when a warm pool hands it
+    /// over under another name.
     pub exit_file: PathBuf,
     /// The main command is `runsc wait` of a sandbox restored by Hypnos (whose processes write
     /// to the logs themselves): the exit status is the one it prints as JSON (`exitStatus`),
@@ -35,6 +37,10 @@ pub struct ShimSpec {
     /// command, so the sandbox's runtime networks there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
+    /// A FIFO (the sandbox's door, [`crate::hatch`]) opened read-write and given to the command
+    /// as stdin; stdin is null without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<PathBuf>,
 }
 
 /// How the main command ended, as recorded by the shim.
@@ -108,13 +114,15 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
-/// Whether `pid` is the shim of `dir` (pids are reused; the command line tells).
+/// Whether `pid` is the shim of `dir` (pids are reused; the command line and the working
+/// directory tell — the latter also for a shim started under a pooled sandbox's earlier name).
 pub fn is_shim_of(pid: u32, dir: &SandboxDir) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let works_in_dir = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir.root());
     pid_alive(pid)
         && args.iter().any(|a| *a == b"shim")
-        && args.iter().any(|a| *a == dir.root().as_os_str().as_encoded_bytes())
+        && (works_in_dir || args.iter().any(|a| *a == dir.root().as_os_str().as_encoded_bytes()))
 }
 
 impl ShimSpec {
@@ -154,6 +162,7 @@ fn waited_status(stdout: &[u8]) -> Option<ShimExit> {
 /// The shim's own main: runs the spec in `dir` and records how it ended. Blocking; no runtime.
 pub fn run(dir: &Path) -> io::Result<ShimExit> {
     let spec: ShimSpec = serde_json::from_slice(&std::fs::read(dir.join("shim.json"))?).map_err(io::Error::other)?;
+    std::env::set_current_dir(dir)?;
     let (program, args) = spec.argv.split_first().ok_or_else(|| io::Error::other("empty main command"))?;
     if let Some(ns) = &spec.netns {
         // The shim is single-threaded: entering the namespace here moves everything it starts.
@@ -162,7 +171,12 @@ pub fn run(dir: &Path) -> io::Result<ShimExit> {
     }
     let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p);
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stderr(open(&spec.stderr)?);
+    cmd.args(args).stderr(open(&spec.stderr)?);
+    match &spec.stdin {
+        // Read-write: opening a FIFO so never waits for a writer, and it never reads as ended.
+        Some(door) => cmd.stdin(std::fs::OpenOptions::new().read(true).write(true).open(door)?),
+        None => cmd.stdin(Stdio::null()),
+    };
     let status = if spec.wait_status {
         cmd.stdout(Stdio::piped()).output().map(|o| (o.status, waited_status(&o.stdout)))
     } else {

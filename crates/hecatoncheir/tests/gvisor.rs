@@ -109,6 +109,7 @@ async fn session_lifecycle_exec_pause_resume_checkpoint_destroy() {
         user: (0, 0),
         resources: Resources::default(),
         netns: None,
+        door: false,
     };
     let main = rt.create(&spec, &dir).await.unwrap();
     let mut child =
@@ -161,6 +162,7 @@ async fn main_command_exit_code_and_limits_in_the_bundle() {
         user: (0, 0),
         resources: Resources { vcpus: 1, memory_mib: 64, disk_mib: 16 },
         netns: None,
+        door: false,
     };
     let main = rt.create(&spec, &dir).await.unwrap();
     let out = tokio::process::Command::new(&main.argv[0]).args(&main.argv[1..]).output().await.unwrap();
@@ -168,4 +170,58 @@ async fn main_command_exit_code_and_limits_in_the_bundle() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     let stats = rt.destroy(&id).await.unwrap();
     assert!(stats.memory_peak_bytes > 0 && stats.oom_kills == 0, "{stats:?}");
+}
+
+/// Runs a main command as the shim would: stdin its door (opened read-write) when it has one.
+fn spawn_main(main: &tartarus_hecatoncheir::runtime::MainCommand) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(&main.argv[0]);
+    cmd.args(&main.argv[1..]).stdout(std::process::Stdio::piped()).kill_on_drop(true);
+    if let Some(door) = &main.stdin {
+        cmd.stdin(std::fs::OpenOptions::new().read(true).write(true).open(door).unwrap());
+    }
+    cmd.spawn().unwrap()
+}
+
+#[tokio::test]
+async fn a_hatch_checkpointed_while_waiting_becomes_each_restored_sandbox_command() {
+    use tartarus_hecatoncheir::hatch::{door, give, Order};
+    if !prerequisites() {
+        return;
+    }
+    let Fixture { tmp, rootfs, rt, id, dir } = fixture();
+    let spec = |id: &SandboxId, command: Option<Vec<String>>, env: &str| LaunchSpec {
+        id: id.clone(),
+        rootfs: rootfs.clone(),
+        command,
+        env: vec!["PATH=/bin".into(), env.into()],
+        workdir: "/tmp".into(),
+        user: (0, 0),
+        resources: Resources::default(),
+        netns: None,
+        door: true,
+    };
+    let main = rt.create(&spec(&id, None, "A=0"), &dir).await.unwrap();
+    assert!(main.stdin.is_some(), "a door sandbox's main command reads its door");
+    let _warm = spawn_main(&main);
+    wait_for(&rt, &id, RuntimeStatus::Running).await;
+    let image = tmp.path().join("checkpoint");
+    rt.checkpoint(&id, &image, true).await.unwrap();
+    rt.kill(&id, libc::SIGKILL, true).await.unwrap();
+    rt.destroy(&id).await.unwrap();
+
+    // Each restore is a fresh sandbox whose first process becomes the command given at its door.
+    for (n, code) in [(1, 3), (2, 4)] {
+        let id = SandboxId::generate();
+        let dir = SandboxDir::new(&tmp.path().join("sandboxes"), &id);
+        let argv =
+            vec!["sh".into(), "-c".into(), format!("echo \"$A $$ $(pwd)\" > /tmp/mine; cat /tmp/*; exit {code}")];
+        let spec = spec(&id, Some(argv), &format!("A={n}"));
+        let main = rt.restore(&spec, &dir, &image).await.unwrap();
+        let child = spawn_main(&main);
+        give(&door(&dir), &Order::of(&spec, Some("/bin/sh".into()))).await.unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+        assert_eq!(out.status.code(), Some(code), "the command's exit status is the sandbox's");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{n} 1 /tmp\n"), "pid 1, its env and cwd");
+        rt.destroy(&id).await.unwrap();
+    }
 }

@@ -86,7 +86,7 @@ pub trait Node: Send + Sync {
     /// The sandboxes it runs now (for reconciliation).
     async fn held(&self) -> Result<Vec<SandboxId>, NodeError>;
     /// Nyx.Prepare: warms a sandbox of `template`, checkpoints it and records the snapshot.
-    async fn warm(&self, template: &TemplateName, command: Option<Vec<String>>) -> Result<SnapshotInfo, NodeError>;
+    async fn warm(&self, template: &TemplateName, warming: &tartarus_core::Warming) -> Result<SnapshotInfo, NodeError>;
 }
 
 #[async_trait]
@@ -97,8 +97,8 @@ impl Node for Arc<Hecatoncheir> {
     async fn launch(&self, id: &SandboxId) -> Result<(), NodeError> {
         Ok(Hecatoncheir::launch(self, id).await?)
     }
-    async fn warm(&self, template: &TemplateName, command: Option<Vec<String>>) -> Result<SnapshotInfo, NodeError> {
-        Ok(Hecatoncheir::warm(self, template, command).await?)
+    async fn warm(&self, template: &TemplateName, warming: &tartarus_core::Warming) -> Result<SnapshotInfo, NodeError> {
+        Ok(Hecatoncheir::warm(self, template, warming.clone()).await?)
     }
     async fn kill(&self, id: &SandboxId, order: tartarus_core::KillOrder) -> Result<bool, NodeError> {
         Ok(Hecatoncheir::kill(self, id, order))

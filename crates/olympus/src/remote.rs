@@ -259,10 +259,9 @@ impl Node for RemoteNode {
     async fn warm(
         &self,
         template: &tartarus_core::TemplateName,
-        command: Option<Vec<String>>,
+        warming: &tartarus_core::Warming,
     ) -> Result<tartarus_core::SnapshotInfo, NodeError> {
-        let req =
-            self.post(&format!("/templates/{template}/warm")).json(&tartarus_hecatoncheir::api::WarmBody { command });
+        let req = self.post(&format!("/templates/{template}/warm")).json(warming);
         self.call(req, LAUNCH_TIMEOUT).await
     }
 

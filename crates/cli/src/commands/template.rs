@@ -69,21 +69,31 @@ pub struct PoolArgs {
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
   tartarus template warm busybox
+  tartarus template warm python-ds --preload pandas --preload numpy
   tartarus template warm python-ds --command python3 -c 'import pandas, numpy'
-  tartarus template warm app --command sh -c 'app --prepare-cache'
+  tartarus template warm app --pool 4 --command sh -c 'app --prepare-cache'
 
-Nyx starts a session sandbox of the template, runs the warm-up command in it to its end (it
-must exit 0; the files it writes, in the root filesystem and in /tmp, are in the snapshot),
-pauses the sandbox and checkpoints it. (Processes it leaves in the background do not survive:
-with the runsc in use here, processes started by `runsc exec` come back from a restore as
-zombies.) The checkpoint is stored, compressed, in the realm's blob store; later sandboxes of the
-template are restored from it (their record says `launched_from: snapshot …`), each with a
-writable layer of its own. Warming again replaces the snapshot; `tartarus snapshot rm` drops it.
-With --pool N every node then keeps N sandboxes restored from it ready (`tartarus template pool`).")]
+Nyx starts a sandbox of the template whose first process is the hatch, a tiny static program
+waiting for a command at the sandbox's door; runs the warm-up command in it to its end (it must
+exit 0; the files it writes, in the root filesystem and in /tmp, are in the snapshot; processes
+it leaves in the background are not); with --preload, replaces the hatch with a resident python3
+that has imported those modules; then pauses the sandbox and checkpoints it. The checkpoint is
+stored, compressed, in the realm's blob store. Later sandboxes of the template are restored from
+it (their record says `launched_from: snapshot …`), each with a writable layer of its own, and
+given their command at the door: the hatch becomes the command, so it runs as the sandbox's
+first process exactly as in a booted sandbox. With --preload, a request `python3 -c CODE` is run
+by the resident interpreter itself, its imports already done (the point: `import pandas` costs
+nothing); any other command runs as usual. Warming again replaces the snapshot; `tartarus
+snapshot rm` drops it. With --pool N every node then keeps N sandboxes restored from it ready
+(`tartarus template pool`). Put --command last: everything after it is the warm-up command.")]
 pub struct WarmArgs {
     /// The template.
     #[arg(value_name = "NAME", value_parser = template_name)]
     pub name: TemplateName,
+    /// Keep a resident python3 in the snapshot that has imported MODULE (repeatable, or
+    /// comma-separated); `python3 -c CODE` requests run in it.
+    #[arg(long, value_name = "MODULE", value_delimiter = ',')]
+    pub preload: Vec<String>,
     /// The warm-up command and its arguments (everything after --command).
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "ARGV")]
     pub command: Option<Vec<String>>,
@@ -224,9 +234,14 @@ fn say_pool(name: &TemplateName, size: u32) {
 
 async fn warm(a: WarmArgs, g: &Global) -> anyhow::Result<i32> {
     let client = Client::new(g)?;
-    eprintln!("warming template {} (start, warm-up, pause, checkpoint)…", a.name);
+    eprintln!(
+        "warming template {} (start, warm-up, {}pause, checkpoint)…",
+        a.name,
+        if a.preload.is_empty() { "" } else { "resident python3 importing its modules, " }
+    );
+    let warming = tartarus_core::Warming { command: a.command.clone(), preload: a.preload.clone() };
     let s = client
-        .warm_template(a.name.as_str(), a.command.as_deref())
+        .warm_template(a.name.as_str(), &warming)
         .await
         .with_context(|| format!("cannot warm template {}", a.name))?;
     println!(

@@ -37,6 +37,9 @@ pub struct LaunchSpec {
     /// The network namespace (Styx) the sandbox runs in, reaching what its contract allows;
     /// `None`: no network at all.
     pub netns: Option<PathBuf>,
+    /// The sandbox starts with the hatch as its first process, waiting at its door for the
+    /// command to become ([`crate::hatch`]); `command` is then only what a later order carries.
+    pub door: bool,
 }
 
 /// The command that runs a sandbox's main process to its end; the shim runs it.
@@ -51,12 +54,15 @@ pub struct MainCommand {
     /// The network namespace to run it in (the shim enters it first).
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// The sandbox's door ([`crate::hatch`]): the shim holds it open as the command's stdin.
+    #[serde(default)]
+    pub stdin: Option<PathBuf>,
 }
 
 impl MainCommand {
     /// A main command whose own exit status is the sandbox's.
     pub fn new(argv: Vec<String>) -> Self {
-        Self { argv, wait_status: false, netns: None }
+        Self { argv, wait_status: false, netns: None, stdin: None }
     }
 }
 
@@ -144,9 +150,10 @@ pub trait Runtime: Send + Sync {
             argv: main.argv.clone(),
             stdout: dir.stdout(),
             stderr: dir.stderr(),
-            exit_file: dir.exit_file(),
+            exit_file: dir.exit_file().file_name().expect("a file").into(),
             wait_status: main.wait_status,
             netns: main.netns.clone(),
+            stdin: main.stdin.clone(),
         }
         .spawn(shim_exe, dir)
         .map_err(|source| RuntimeError::Spawn { program: shim_exe.display().to_string(), source })
@@ -160,12 +167,6 @@ pub trait Runtime: Send + Sync {
 
     /// Sends `signal` to the main process (and, with `all`, every process) of `id`.
     async fn kill(&self, id: &SandboxId, signal: i32, all: bool) -> Result<(), RuntimeError>;
-
-    /// Sends `signal` to the sandbox's main process only — for a sandbox restored from a
-    /// snapshot that is the request's command, not the init keeping the sandbox up.
-    async fn signal_main(&self, id: &SandboxId, _dir: &SandboxDir, signal: i32) -> Result<(), RuntimeError> {
-        self.kill(id, signal, false).await
-    }
 
     /// Freezes every process of `id`.
     async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError>;
@@ -189,23 +190,18 @@ pub trait Runtime: Send + Sync {
         })
     }
 
-    /// Resumes a sandbox from the checkpoint in `image_dir` (taken of a session) instead of
-    /// booting it, and returns the command that runs its main process to the end — the
-    /// request's command run inside the restored sandbox, or for a session, its keeper. Start
-    /// that with [`Runtime::start`] as after [`Runtime::create`]. `image_dir` is only read.
+    /// Resumes a sandbox from a Nyx checkpoint in `image_dir` (taken while its hatch waited at
+    /// its door) instead of booting it, and returns the command that runs it to its end. Start
+    /// that with [`Runtime::start`] as after [`Runtime::create`], then give the request's order
+    /// at its door ([`crate::hatch::give`]). `image_dir` is only read.
     async fn restore(&self, spec: &LaunchSpec, dir: &SandboxDir, image_dir: &Path)
         -> Result<MainCommand, RuntimeError>;
 
-    /// Takes over `pooled`, a sandbox prepared ahead for a warm pool (a session, booted or
-    /// restored), as sandbox `spec.id`: from now on `spec.id` names it in every call, its limits
-    /// become `spec.resources`, and the returned command runs `spec`'s command inside it (or, for
-    /// a session, a keeper). The agent has already moved `pooled`'s directory to `dir`.
-    async fn hand_over(
-        &self,
-        pooled: &SandboxId,
-        spec: &LaunchSpec,
-        dir: &SandboxDir,
-    ) -> Result<MainCommand, RuntimeError> {
+    /// Takes over `pooled`, a sandbox prepared ahead for a warm pool (booted or restored, its
+    /// hatch waiting at its door), as sandbox `spec.id`: from now on `spec.id` names it in every
+    /// call and its limits become `spec.resources`. The agent has already moved `pooled`'s
+    /// directory to `dir`, and gives the order at its door next.
+    async fn hand_over(&self, pooled: &SandboxId, spec: &LaunchSpec, dir: &SandboxDir) -> Result<(), RuntimeError> {
         let _ = (pooled, dir);
         Err(RuntimeError::Refused {
             operation: format!("handing a pooled sandbox over as {}", spec.id),

@@ -129,7 +129,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
         tartarus_core::Resources, tartarus_core::NetworkContract, tartarus_core::HeatLevel, tartarus_core::ExecRequest,
         tartarus_core::ExitInfo, tartarus_core::TemplateRecord, tartarus_core::NodeInfo, crate::error::ErrorBody,
         sandboxes::SandboxList, sandboxes::ExecResult, templates::TemplateList, templates::ImportRequest, templates::BuildRequest, templates::PruneResult,
-        tartarus_core::ImageInfo, tartarus_core::ImageDefaults, tartarus_core::SnapshotInfo, templates::WarmRequest,
+        tartarus_core::ImageInfo, tartarus_core::ImageDefaults, tartarus_core::SnapshotInfo, tartarus_core::Warming,
         templates::SnapshotEntry, templates::SnapshotList, templates::PoolRequest, templates::PoolView, sandboxes::Sleeper, sandboxes::SleeperList, tartarus_core::SleepInfo, tartarus_core::PoolCount, realm::NodeList, realm::NodeView, realm::FailureList,
         tartarus_core::Failure, tartarus_core::Capacity, tartarus_core::NodeState, crate::reconcile::ReconcileReport, agents::Hello
     )),

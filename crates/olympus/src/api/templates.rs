@@ -541,31 +541,23 @@ pub async fn prune(State(ctx): State<Ctx>) -> Result<Json<PruneResult>, ApiError
     Ok(Json(result))
 }
 
-/// What to warm a template with.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WarmRequest {
-    /// A warm-up command run in the sandbox to its end before the checkpoint (e.g. a Python that
-    /// imports pandas); the files it writes are part of the snapshot.
-    #[serde(default)]
-    pub command: Option<Vec<String>>,
-}
-
-/// Nyx.Prepare: start a sandbox of the template, run the warm-up command, pause and checkpoint
-/// it; later sandboxes of the template are restored from the snapshot instead of booting.
-#[utoipa::path(post, path = "/v1/templates/{name}/warm", request_body = WarmRequest,
+/// Nyx.Prepare: start a sandbox of the template, run the warm-up command, start the resident
+/// Python with its preloaded modules, pause and checkpoint it; later sandboxes of the template
+/// are restored from the snapshot instead of booting.
+#[utoipa::path(post, path = "/v1/templates/{name}/warm", request_body = tartarus_core::Warming,
     params(("name" = String, Path, description = "Template name")),
     responses((status = 201, body = tartarus_core::SnapshotInfo), (status = 404, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn warm(
     State(ctx): State<Ctx>,
     axum::extract::Path(name): axum::extract::Path<String>,
-    Body(req): Body<WarmRequest>,
+    Body(req): Body<tartarus_core::Warming>,
 ) -> Result<(StatusCode, Json<tartarus_core::SnapshotInfo>), ApiError> {
     let name = TemplateName::parse(&name).map_err(|_| ApiError::TemplateNotFound(format!("no template {name:?}")))?;
     if let Some(argv) = &req.command {
         tartarus_core::soul::validate_command("command", argv).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     }
+    req.validate().map_err(ApiError::InvalidRequest)?;
     let _guard = ctx.imports.lock().await;
     if ctx.state.templates.template(&name).await?.is_none() {
         return Err(ApiError::TemplateNotFound(format!("no template {name}")));
@@ -577,7 +569,7 @@ pub async fn warm(
         .filter(|n| n.state(now, ctx.moirai.cfg.dead_after) == tartarus_core::NodeState::Alive)
         .find_map(|n| ctx.moirai.nodes.get(n))
         .ok_or_else(|| ApiError::NodeUnreachable("no node is alive and reachable to warm the template on".into()))?;
-    let snap = node.warm(&name, req.command).await.map_err(|e| match e {
+    let snap = node.warm(&name, &req).await.map_err(|e| match e {
         crate::nodes::NodeError::Failed(m) => ApiError::WarmFailed(m),
         e => e.into(),
     })?;

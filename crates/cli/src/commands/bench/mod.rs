@@ -58,16 +58,17 @@ pub enum Command {
   sudo tartarus bench start --template busybox --from cold --from snapshot --from pool -n 30
   sudo tartarus bench start --template busybox --network egress -n 30
   sudo tartarus bench start --template python-ds --from cold --from snapshot -n 10 \\
-      --warm-command \"python3 -c 'import pandas'\" -- python3 -c 'import pandas; print(1)'
+      --preload pandas -- python3 -c 'import pandas; print(1)'
 
 Each round runs, in turn: one sandbox through the realm per --from path (POST /v1/sandboxes?
 wait=true, create to exit), raw `runsc run` of the same command and bundle, and with --from
-snapshot raw `runsc restore -detach` of the same snapshot plus `runsc exec` of the command (to
-its exit; teardown untimed, as the realm records the exit before it releases the sandbox).
+snapshot raw `runsc restore` of the same snapshot in the foreground with the command given to
+its waiting hatch through a FIFO, as the realm does (to its exit; teardown untimed, as the realm
+records the exit before it releases the sandbox).
 Snapshot rounds use a copy of the template (imported from its rootfs, warmed, removed at the
 end), so the template itself is never changed; cold rounds use a copy too when the template has
 a snapshot. A copy keeps the rootfs, not an image's defaults (entrypoint, env, user). Pool
-rounds use a copy with a warm pool of 2 (warmed first when --warm-command is given, so pooled
+rounds use a copy with a warm pool of 2 (warmed first when --warm-command or --preload is given, so pooled
 sandboxes are restored from its snapshot); each round waits, untimed, until one is ready, and a
 run not served from the pool counts as a failure. With --from pool, raw `runsc exec` of the command
 into a raw session booted beforehand (untimed) is timed too: the floor of the pool path.
@@ -100,6 +101,10 @@ pub struct StartArgs {
     /// line run with `sh -c` (e.g. "python3 -c 'import pandas'").
     #[arg(long, value_name = "SCRIPT")]
     pub warm_command: Option<String>,
+    /// For --from snapshot (and pool): modules a resident python3 imports before the checkpoint
+    /// (`template warm --preload`; repeatable or comma-separated).
+    #[arg(long, value_name = "MODULE", value_delimiter = ',')]
+    pub preload: Vec<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Json)]
     pub output: Format,
@@ -281,85 +286,144 @@ impl RawSetup {
         }
     }
 
-    /// One raw `runsc restore -detach` of the snapshot and `runsc exec` of the command to its
-    /// exit; the sandbox is deleted afterwards, untimed.
+    /// One raw restore of the snapshot as the realm does it: `runsc restore` in the foreground
+    /// with a door (a FIFO) as stdin, the command given to the waiting hatch through it, timed
+    /// to the exit; the sandbox is deleted afterwards, untimed.
     async fn restore_once(&self, label: &str) -> Result<Duration, String> {
-        self.session_once(label, true).await
+        let image = self.image.as_ref().ok_or("no snapshot to restore")?;
+        let raw = self.raw_sandbox(label, "r")?;
+        let door = raw.dir.join("door");
+        nix::unistd::mkfifo(&door, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| format!("cannot make {}: {e}", door.display()))?;
+        let env = tartarus_hecatoncheir::runtime::env_list([&std::collections::BTreeMap::new()]);
+        let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
+        let program = tartarus_hecatoncheir::rootfs::find_program(&self.rootfs, &self.command[0], path_var, "/")
+            .ok_or_else(|| format!("{:?} is not an executable in the template", self.command[0]))?;
+        let order = tartarus_hecatoncheir::hatch::Order { program, cwd: "/".into(), argv: self.command.clone(), env };
+        let mut args = raw.flags.clone();
+        args.extend(["restore".into(), format!("--image-path={}", image.display())]);
+        args.extend(["--bundle".into(), raw.bundle.display().to_string(), raw.id.clone()]);
+        let started = Instant::now();
+        let result = async {
+            let stdin = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&door)
+                .map_err(|e| format!("cannot open {}: {e}", door.display()))?;
+            let child = tokio::process::Command::new(&self.info.path)
+                .args(&args)
+                .stdin(stdin)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("cannot run runsc restore: {e}"))?;
+            tartarus_hecatoncheir::hatch::give(&door, &order).await.map_err(|e| format!("the door: {e}"))?;
+            let out = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
+                .await
+                .map_err(|_| "runsc restore ran too long".to_owned())?
+                .map_err(|e| format!("runsc restore: {e}"))?;
+            let elapsed = started.elapsed();
+            self.check(out.status.success(), "runsc restore", out.status, &out.stdout).map(|()| elapsed)
+        }
+        .await;
+        self.remove_raw(&raw).await;
+        result
     }
 
     /// One raw `runsc exec` of the command into a session sandbox booted beforehand (untimed):
-    /// the floor of the pool path, which runs the command in a sandbox kept ready.
+    /// the floor of the pool path, which runs the command in a sandbox kept ready. The sandbox
+    /// is deleted afterwards, untimed.
     async fn exec_once(&self, label: &str) -> Result<Duration, String> {
-        self.session_once(label, false).await
+        let raw = self.raw_sandbox(label, "e")?;
+        let mut start = raw.flags.clone();
+        start.extend(["run".into(), "-detach".into(), "--bundle".into(), raw.bundle.display().to_string()]);
+        start.push(raw.id.clone());
+        let root = ["--root".to_owned(), raw.state.display().to_string()];
+        let runsc = |args: &[String]| {
+            let mut c = tokio::process::Command::new(&self.info.path);
+            c.args(args).stdin(std::process::Stdio::null());
+            c
+        };
+        // Detached sandboxes inherit stdout and stderr: never pipes, which would not close.
+        let up = runsc(&start).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;
+        let result = match up {
+            Ok(s) if s.success() => {
+                let mut exec: Vec<String> = root.to_vec();
+                exec.extend(["exec".into(), raw.id.clone()]);
+                exec.extend(self.command.iter().cloned());
+                let started = Instant::now();
+                let out = runsc(&exec).output().await;
+                let elapsed = started.elapsed();
+                match out {
+                    Ok(o) => self.check(o.status.success(), "runsc exec", o.status, &o.stdout).map(|()| elapsed),
+                    Err(e) => Err(format!("cannot run runsc exec: {e}")),
+                }
+            }
+            Ok(s) => Err(format!("runsc run -detach {s}")),
+            Err(e) => Err(format!("cannot run runsc run -detach: {e}")),
+        };
+        self.remove_raw(&raw).await;
+        result
     }
 
-    /// A raw session sandbox, restored from the snapshot (timed with the exec) or booted
-    /// (untimed), then `runsc exec` of the command in it; deleted afterwards, untimed.
-    async fn session_once(&self, label: &str, restore: bool) -> Result<Duration, String> {
-        let image = match (restore, self.image.as_ref()) {
-            (true, None) => return Err("no snapshot to restore".into()),
-            (_, image) => image,
-        };
-        let id = format!("tartarus-bench-{}-{}{label}", std::process::id(), if restore { "r" } else { "e" });
+    /// Whether a raw run succeeded and printed what was expected.
+    fn check(&self, ok: bool, what: &str, status: std::process::ExitStatus, stdout: &[u8]) -> Result<(), String> {
+        let printed = String::from_utf8_lossy(stdout);
+        match &self.expect {
+            _ if !ok => Err(format!("{what} {status}")),
+            Some(e) if printed.trim() != e => Err(format!("printed {printed:?} instead of {e:?}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// A raw sandbox's bundle (a session's), writable layer and flags, made ready (untimed).
+    fn raw_sandbox(&self, label: &str, kind: &str) -> Result<RawSandbox, String> {
+        let id = format!("tartarus-bench-{}-{kind}{label}", std::process::id());
+        let dir = self.tmp.path().join("raw").join(&id);
         let bundle = self.tmp.path().join("bundles").join(&id);
-        let upper = self.tmp.path().join("upper").join(&id);
+        let upper = dir.join("upper");
         let cgroup = format!("{CGROUP_PARENT}/{id}");
         raw::write_session_bundle(&bundle, &self.rootfs, &cgroup)
             .map_err(|e| format!("cannot write the bundle {}: {e}", bundle.display()))?;
         std::fs::create_dir_all(&upper).map_err(|e| format!("cannot make {}: {e}", upper.display()))?;
         let state = self.tmp.path().join("state");
         let overlay = tartarus_hecatoncheir::runtime::gvisor::overlay_flag(&self.info, &upper);
-        let mut start = tartarus_hecatoncheir::runtime::gvisor::sandbox_flags(&state, self.platform, Some(overlay));
-        match image.filter(|_| restore) {
-            Some(image) => {
-                start.extend(["restore".into(), "-detach".into(), format!("--image-path={}", image.display())])
-            }
-            None => start.extend(["run".into(), "-detach".into()]),
-        }
-        start.extend(["--bundle".into(), bundle.display().to_string(), id.clone()]);
-        let root = ["--root".to_owned(), state.display().to_string()];
-        let runsc = |args: &[String]| {
-            let mut c = tokio::process::Command::new(&self.info.path);
-            c.args(args).stdin(std::process::Stdio::null());
-            c
-        };
-        let mut started = Instant::now();
-        // Detached sandboxes inherit stdout and stderr: never pipes, which would not close.
-        let up = runsc(&start).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;
-        if !restore {
-            started = Instant::now();
-        }
-        let verb = if restore { "restore" } else { "run -detach" };
-        let result = match up {
-            Ok(s) if s.success() => {
-                let mut exec: Vec<String> = root.to_vec();
-                exec.push("exec".into());
-                exec.push(id.clone());
-                exec.extend(self.command.iter().cloned());
-                let out = runsc(&exec).output().await;
-                let elapsed = started.elapsed();
-                match out {
-                    Ok(o) if !o.status.success() => Err(format!("runsc exec {}", o.status)),
-                    Ok(o) if self.expect.as_ref().is_some_and(|e| String::from_utf8_lossy(&o.stdout).trim() != e) => {
-                        Err(format!("printed {:?} instead of {:?}", String::from_utf8_lossy(&o.stdout), self.expect))
-                    }
-                    Ok(_) => Ok(elapsed),
-                    Err(e) => Err(format!("cannot run runsc exec: {e}")),
-                }
-            }
-            Ok(s) => Err(format!("runsc {verb} {s}")),
-            Err(e) => Err(format!("cannot run runsc {verb}: {e}")),
-        };
-        // Killed first: deleting a running sandbox can take runsc's whole 5 s timeout.
-        for args in [vec!["kill", "--all", &id, "KILL"], vec!["delete", "--force", &id]] {
-            let args: Vec<String> = root.iter().cloned().chain(args.into_iter().map(String::from)).collect();
-            let _ = runsc(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;
-        }
-        let _ = std::fs::remove_dir_all(&bundle);
-        let _ = std::fs::remove_dir_all(&upper);
-        raw::remove_cgroup(&cgroup);
-        result
+        let flags = tartarus_hecatoncheir::runtime::gvisor::sandbox_flags(&state, self.platform, Some(overlay));
+        Ok(RawSandbox { id, dir, bundle, state, cgroup, flags })
     }
+
+    /// Kills and deletes a raw sandbox and removes its files and cgroup (untimed).
+    async fn remove_raw(&self, raw: &RawSandbox) {
+        // Killed first: deleting a running sandbox can take runsc's whole 5 s timeout.
+        let root = ["--root".to_owned(), raw.state.display().to_string()];
+        for args in [vec!["kill", "--all", &raw.id, "KILL"], vec!["delete", "--force", &raw.id]] {
+            let args: Vec<String> = root.iter().cloned().chain(args.into_iter().map(String::from)).collect();
+            let _ = tokio::process::Command::new(&self.info.path)
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await;
+        }
+        let _ = std::fs::remove_dir_all(&raw.bundle);
+        let _ = std::fs::remove_dir_all(&raw.dir);
+        raw::remove_cgroup(&raw.cgroup);
+    }
+}
+
+/// One raw sandbox of the bench: names and paths.
+struct RawSandbox {
+    id: String,
+    /// Its own files (writable layer, door).
+    dir: PathBuf,
+    bundle: PathBuf,
+    /// runsc's state root.
+    state: PathBuf,
+    cgroup: String,
+    /// The global runsc flags shaping it (state root, platform, network, overlay).
+    flags: Vec<String>,
 }
 
 /// One sandbox through the realm, waiting for its end; its time, or why it failed (also when
@@ -418,7 +482,11 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
     let expect = a.command.is_empty().then(|| "hi".to_owned());
     let mut from = a.from.clone();
     from.dedup();
-    let warm: Option<Vec<String>> = a.warm_command.as_ref().map(|w| vec!["sh".into(), "-c".into(), w.clone()]);
+    let warming = tartarus_core::Warming {
+        command: a.warm_command.as_ref().map(|w| vec!["sh".into(), "-c".into(), w.clone()]),
+        preload: a.preload.clone(),
+    };
+    let warms = warming != tartarus_core::Warming::default();
     // The templates each path runs: copies where the path needs one (removed at the end).
     let mut copies: Vec<String> = Vec::new();
     let mut paths: Vec<(From, String)> = Vec::new();
@@ -443,7 +511,7 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
             if *f == From::Snapshot {
                 eprintln!("bench: warming {name}");
                 let snap = client
-                    .warm_template(&name, warm.as_deref())
+                    .warm_template(&name, &warming)
                     .await
                     .context("cannot warm the bench's copy of the template")?;
                 let dir = g.data_dir.join("nyx").join(&snap.id).join("image");
@@ -455,9 +523,9 @@ async fn start(a: StartArgs, g: &Global) -> anyhow::Result<i32> {
                 image = Some(dir);
             }
             if *f == From::Pool {
-                if let Some(w) = &warm {
+                if warms {
                     eprintln!("bench: warming {name} for its pool");
-                    client.warm_template(&name, Some(w)).await.context("cannot warm the bench's pool template")?;
+                    client.warm_template(&name, &warming).await.context("cannot warm the bench's pool template")?;
                 }
                 client.set_pool(&name, 2).await.context("cannot give the bench's copy a warm pool")?;
                 eprintln!("bench: waiting for {name}'s warm pool");

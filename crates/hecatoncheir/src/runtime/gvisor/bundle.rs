@@ -18,8 +18,14 @@ pub fn session_keeper() -> Vec<String> {
 
 /// The bundle's `config.json` for `spec`: the template as root (its writes go to the
 /// overlay), the request's process, limits, and a cgroup the agent has made already.
-pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, cgroup: &str) -> String {
+///
+/// Every sandbox gets the session keeper (`session_init`, a static busybox) and the hatch
+/// (`hatch`) mounted read-only under `/.tartarus`, whatever its first process: a sandbox started
+/// one way may be checkpointed and restored as another (Nyx, Hypnos), and a restore needs the
+/// mounts the checkpoint was taken with.
+pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, hatch: &std::path::Path, cgroup: &str) -> String {
     let args = match &spec.command {
+        _ if spec.door => vec![crate::hatch::IN_SANDBOX.to_owned()],
         Some(argv) => argv.clone(),
         // A session: keep the sandbox up with a static binary of the host's, mounted read-only.
         None => session_keeper(),
@@ -49,12 +55,12 @@ pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, cgroup: &str) -
         .expect("resources");
     let mut spec_out = Spec::default();
     let mut mounts: Vec<Mount> = spec_out.mounts().clone().unwrap_or_default();
-    if spec.command.is_none() {
+    for (destination, source) in [(SESSION_INIT, session_init), (crate::hatch::IN_SANDBOX, hatch)] {
         mounts.push(
             MountBuilder::default()
-                .destination(SESSION_INIT)
+                .destination(destination)
                 .typ("bind")
-                .source(session_init)
+                .source(source)
                 .options(vec!["rbind".into(), "ro".into()])
                 .build()
                 .expect("mount"),
@@ -115,7 +121,7 @@ mod tests {
     }
 
     #[test]
-    fn session_bundles_mount_the_keeper() {
+    fn bundles_mount_the_keeper_and_the_hatch() {
         let mut spec = LaunchSpec {
             id: SandboxId::generate(),
             rootfs: "/t/rootfs".into(),
@@ -125,9 +131,12 @@ mod tests {
             user: (0, 0),
             resources: Resources { vcpus: 2, memory_mib: 64, disk_mib: 10 },
             netns: None,
+            door: false,
         };
-        let v: serde_json::Value =
-            serde_json::from_str(&config(&spec, "/bin/busybox".as_ref(), "/tartarus/x")).unwrap();
+        let config_of = |spec: &LaunchSpec| -> serde_json::Value {
+            serde_json::from_str(&config(spec, "/bin/busybox".as_ref(), "/h".as_ref(), "/tartarus/x")).unwrap()
+        };
+        let v = config_of(&spec);
         assert_eq!(v["process"]["args"][0], SESSION_INIT);
         assert_eq!(v["root"]["path"], "/t/rootfs");
         assert_eq!(v["linux"]["cgroupsPath"], "/tartarus/x");
@@ -137,9 +146,12 @@ mod tests {
         );
         assert!(v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == SESSION_INIT));
         spec.command = Some(vec!["echo".into(), "hi".into()]);
-        let v: serde_json::Value =
-            serde_json::from_str(&config(&spec, "/bin/busybox".as_ref(), "/tartarus/x")).unwrap();
+        let v = config_of(&spec);
         assert_eq!(v["process"]["args"], serde_json::json!(["echo", "hi"]));
-        assert!(!v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == SESSION_INIT));
+        let mounted =
+            |v: &serde_json::Value, at: &str| v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == at);
+        assert!(mounted(&v, SESSION_INIT) && mounted(&v, crate::hatch::IN_SANDBOX));
+        spec.door = true;
+        assert_eq!(config_of(&spec)["process"]["args"], serde_json::json!([crate::hatch::IN_SANDBOX]));
     }
 }

@@ -148,11 +148,6 @@ pub fn sandbox_flags(state_root: &Path, platform: Platform, overlay: Option<Stri
     a
 }
 
-/// Where the in-sandbox pid of a restored sandbox's main process is written.
-fn main_pid_file(dir: &SandboxDir) -> PathBuf {
-    dir.root().join("main.pid")
-}
-
 /// Finds a program on `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
@@ -165,6 +160,8 @@ pub struct Gvisor {
     platform: Platform,
     state_root: PathBuf,
     session_init: PathBuf,
+    /// The hatch binary, written by [`Gvisor::new`] beside runsc's state.
+    hatch: PathBuf,
     cgroup_mount: PathBuf,
     cgroups: CgroupVersion,
     /// Sandboxes handed over from a warm pool: the sandbox's id → the id `runsc` and the cgroup
@@ -217,11 +214,14 @@ impl Gvisor {
         let cgroups = CgroupVersion::detect(&cfg.cgroup_mount)
             .map_err(|source| GvisorSetupError::Cgroups { path: cfg.cgroup_mount.clone(), source })?;
         let aliases = read_aliases(&Self::alias_dir_of(&cfg.state_root));
+        let hatch = cfg.state_root.join("tartarus-hatch");
+        crate::hatch::install(&hatch).map_err(|source| GvisorSetupError::StateRoot { path: hatch.clone(), source })?;
         Ok(Self {
             runsc,
             platform,
             state_root: cfg.state_root,
             session_init: cfg.session_init,
+            hatch,
             cgroup_mount: cfg.cgroup_mount,
             cgroups,
             aliases: Mutex::new(aliases),
@@ -242,17 +242,10 @@ impl Gvisor {
         self.aliases.lock().expect("lock").get(id).cloned().unwrap_or_else(|| id.clone())
     }
 
-    /// `runsc restore -detach` of `id` from `image_dir` with the bundle in `dir`. The restored
-    /// processes inherit runsc's stdout and stderr (pipes would never close): `restore.log` in
-    /// `dir`, or with `to_logs` the sandbox's own log files, appended to. What runsc says when it
-    /// refuses is read back from there (and cut off the sandbox's logs again).
-    async fn restore_detached(
-        &self,
-        id: &SandboxId,
-        dir: &SandboxDir,
-        image_dir: &Path,
-        to_logs: bool,
-    ) -> Result<(), RuntimeError> {
+    /// `runsc restore -detach` of `id` from `image_dir` with the bundle in `dir` (Hypnos's wake:
+    /// the restored processes write to the sandbox's logs, appended to). What runsc says when it
+    /// refuses is read back from there and cut off the logs again.
+    async fn restore_detached(&self, id: &SandboxId, dir: &SandboxDir, image_dir: &Path) -> Result<(), RuntimeError> {
         let mut args = self.sandbox_args(dir, false);
         args.drain(..2); // --root comes from base_args
         args.extend([
@@ -263,25 +256,19 @@ impl Gvisor {
             dir.bundle().display().to_string(),
             id.to_string(),
         ]);
-        let (out, err) = if to_logs {
-            (dir.stdout(), dir.stderr())
-        } else {
-            (PathBuf::from("/dev/null"), dir.root().join("restore.log"))
-        };
-        let open = |p: &Path, truncate: bool| {
+        let (out, err) = (dir.stdout(), dir.stderr());
+        let open = |p: &Path| {
             std::fs::OpenOptions::new()
                 .create(true)
-                .append(!truncate)
-                .write(true)
-                .truncate(truncate)
+                .append(true)
                 .open(p)
                 .map_err(|source| RuntimeError::Prepare { path: p.to_owned(), source })
         };
-        let stderr = open(&err, !to_logs)?;
+        let stderr = open(&err)?;
         let before = stderr.metadata().map(|m| m.len()).unwrap_or(0);
         let status = self
             .command(&args)
-            .stdout(open(&out, false)?)
+            .stdout(open(&out)?)
             .stderr(stderr)
             .status()
             .await
@@ -289,10 +276,8 @@ impl Gvisor {
         if !status.success() {
             let said = std::fs::read(&err).unwrap_or_default();
             let said = String::from_utf8_lossy(said.get(before as usize..).unwrap_or_default()).into_owned();
-            if to_logs {
-                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&err) {
-                    let _ = f.set_len(before);
-                }
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&err) {
+                let _ = f.set_len(before);
             }
             let tail: Vec<&str> = said.lines().rev().take(5).collect();
             let message = tail.into_iter().rev().collect::<Vec<_>>().join(" / ");
@@ -301,29 +286,9 @@ impl Gvisor {
         Ok(())
     }
 
-    /// The command running `spec`'s command (or a session's keeper) inside the running sandbox
-    /// as its main process, its in-sandbox pid written down for [`Runtime::signal_main`].
-    fn exec_main(&self, spec: &LaunchSpec, dir: &SandboxDir) -> Result<MainCommand, RuntimeError> {
-        let argv = spec.command.clone().unwrap_or_else(bundle::session_keeper);
-        let process = bundle::exec_process(&ExecSpec {
-            command: argv,
-            env: spec.env.clone(),
-            workdir: spec.workdir.clone(),
-            user: spec.user,
-            scratch: dir.root().join("main"),
-        });
-        let file = dir.root().join("main.process.json");
-        crate::lethe::write_atomic(&file, process.as_bytes())
-            .map_err(|source| RuntimeError::Prepare { path: file.clone(), source })?;
-        let mut argv = vec![self.runsc.path.display().to_string()];
-        argv.extend(self.base_args());
-        argv.extend([
-            "exec".into(),
-            format!("--process={}", file.display()),
-            format!("--internal-pid-file={}", main_pid_file(dir).display()),
-            self.cid(&spec.id).to_string(),
-        ]);
-        Ok(MainCommand::new(argv))
+    /// Makes the door of a sandbox whose first process is the hatch.
+    fn door(&self, dir: &SandboxDir) -> Result<PathBuf, RuntimeError> {
+        crate::hatch::make_door(dir).map_err(|source| RuntimeError::Prepare { path: crate::hatch::door(dir), source })
     }
 
     /// The probed `runsc`.
@@ -388,7 +353,7 @@ impl Gvisor {
         dir.create().map_err(|source| RuntimeError::Prepare { path: dir.root().to_owned(), source })?;
         let cgroup = self.cgroup(&spec.id);
         cgroup.create(&spec.resources, crate::erinyes::PIDS_MAX)?;
-        let config = bundle::config(spec, &self.session_init, cgroup.rel());
+        let config = bundle::config(spec, &self.session_init, &self.hatch, cgroup.rel());
         let path = dir.bundle().join("config.json");
         crate::lethe::write_atomic(&path, config.as_bytes()).map_err(|source| RuntimeError::Prepare { path, source })
     }
@@ -401,7 +366,13 @@ impl Runtime for Gvisor {
     }
 
     fn describe(&self) -> String {
-        format!("runsc {} ({}), platform {}", self.runsc.version, self.runsc.path.display(), self.platform.as_str())
+        format!(
+            "runsc {} ({}), platform {}, hatch {}",
+            self.runsc.version,
+            self.runsc.path.display(),
+            self.platform.as_str(),
+            crate::hatch::PROTOCOL
+        )
     }
 
     async fn create(&self, spec: &LaunchSpec, dir: &SandboxDir) -> Result<MainCommand, RuntimeError> {
@@ -409,7 +380,8 @@ impl Runtime for Gvisor {
         let mut argv = vec![self.runsc.path.display().to_string()];
         argv.extend(self.sandbox_args(dir, spec.netns.is_some()));
         argv.extend(["run".into(), "--bundle".into(), dir.bundle().display().to_string(), spec.id.to_string()]);
-        Ok(MainCommand { netns: spec.netns.clone(), ..MainCommand::new(argv) })
+        let stdin = if spec.door { Some(self.door(dir)?) } else { None };
+        Ok(MainCommand { netns: spec.netns.clone(), stdin, ..MainCommand::new(argv) })
     }
 
     async fn exec(&self, id: &SandboxId, spec: &ExecSpec) -> Result<tokio::process::Child, RuntimeError> {
@@ -455,18 +427,6 @@ impl Runtime for Gvisor {
         }
     }
 
-    async fn signal_main(&self, id: &SandboxId, dir: &SandboxDir, signal: i32) -> Result<(), RuntimeError> {
-        // Restored sandboxes run their main process as an exec, whose pid inside the sandbox
-        // runsc wrote down; booted ones have it as init.
-        let pid = std::fs::read_to_string(main_pid_file(dir)).ok().and_then(|p| p.trim().parse::<u32>().ok());
-        let Some(pid) = pid else { return self.kill(id, signal, false).await };
-        let args = ["kill".into(), format!("--pid={pid}"), self.cid(id).to_string(), signal.to_string()];
-        match self.runsc_ok("kill", &args).await {
-            Err(e) if Self::not_found(&e) => Err(RuntimeError::NotFound(id.clone())),
-            other => other.map(drop),
-        }
-    }
-
     async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         self.runsc_ok("pause", &["pause".into(), self.cid(id).to_string()]).await.map(drop)
     }
@@ -498,30 +458,33 @@ impl Runtime for Gvisor {
         dir: &SandboxDir,
         image_dir: &Path,
     ) -> Result<MainCommand, RuntimeError> {
-        // Checkpoints are taken of sessions (their init is the keeper): the bundle restored must
-        // be a session's too, and the request's command runs in it as an exec.
-        let session = LaunchSpec { command: None, ..spec.clone() };
-        self.prepare(&session, dir)?;
-        self.restore_detached(&spec.id, dir, image_dir, false).await?;
-        self.exec_main(spec, dir)
+        // Snapshots are taken while the hatch waits: the bundle restored is a door bundle too,
+        // and `runsc restore` runs to the sandbox's end like `runsc run`.
+        let door = LaunchSpec { door: true, ..spec.clone() };
+        self.prepare(&door, dir)?;
+        let mut argv = vec![self.runsc.path.display().to_string()];
+        argv.extend(self.sandbox_args(dir, spec.netns.is_some()));
+        argv.extend([
+            "restore".into(),
+            format!("--image-path={}", image_dir.display()),
+            "--bundle".into(),
+            dir.bundle().display().to_string(),
+            spec.id.to_string(),
+        ]);
+        Ok(MainCommand { netns: spec.netns.clone(), stdin: Some(self.door(dir)?), ..MainCommand::new(argv) })
     }
 
     async fn wake(&self, spec: &LaunchSpec, dir: &SandboxDir, image_dir: &Path) -> Result<MainCommand, RuntimeError> {
         // The bundle is the one it was booted with; its init goes on where it stopped.
         self.prepare(spec, dir)?;
-        self.restore_detached(&spec.id, dir, image_dir, true).await?;
+        self.restore_detached(&spec.id, dir, image_dir).await?;
         let mut argv = vec![self.runsc.path.display().to_string()];
         argv.extend(self.base_args());
         argv.extend(["wait".into(), spec.id.to_string()]);
-        Ok(MainCommand { argv, wait_status: true, netns: None })
+        Ok(MainCommand { wait_status: true, ..MainCommand::new(argv) })
     }
 
-    async fn hand_over(
-        &self,
-        pooled: &SandboxId,
-        spec: &LaunchSpec,
-        dir: &SandboxDir,
-    ) -> Result<MainCommand, RuntimeError> {
+    async fn hand_over(&self, pooled: &SandboxId, spec: &LaunchSpec, _dir: &SandboxDir) -> Result<(), RuntimeError> {
         let dir_path = self.alias_dir();
         std::fs::create_dir_all(&dir_path)
             .map_err(|source| RuntimeError::Prepare { path: dir_path.clone(), source })?;
@@ -530,7 +493,7 @@ impl Runtime for Gvisor {
             .map_err(|source| RuntimeError::Prepare { path: file, source })?;
         self.aliases.lock().expect("lock").insert(spec.id.clone(), pooled.clone());
         self.cgroup(&spec.id).create(&spec.resources, crate::erinyes::PIDS_MAX)?;
-        self.exec_main(spec, dir)
+        Ok(())
     }
 
     async fn status(&self, id: &SandboxId) -> Result<Option<RuntimeStatus>, RuntimeError> {
