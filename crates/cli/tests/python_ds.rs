@@ -50,4 +50,28 @@ async fn python_ds_runs_the_pandas_example() {
     assert_eq!((rec["state"].as_str(), &rec["exit_code"]), (Some("exited"), &json!(0)), "{rec}");
     let out = realm.logs(rec["id"].as_str().unwrap()).await;
     assert_eq!(out.stdout, "Hello from the Underworld\n", "stderr: {}", out.stderr);
+
+    // A snapshot with a resident Python that has imported pandas: `python3 -c` requests find it
+    // imported already; their exit status and output are theirs; other commands run as usual.
+    let out = realm.cli(&["template", "warm", "python-ds", "--preload", "pandas"]).await;
+    assert_eq!(out.code, 0, "{out}");
+    let (_, snaps) = realm.get("/v1/snapshots").await;
+    assert!(snaps.to_string().contains("\"preload\":[\"pandas\"]"), "{snaps}");
+    let code = "import sys; print('pandas' in sys.modules); import pandas; print(pandas.DataFrame({'a': [1, 2]}).a.sum()); sys.exit(3)";
+    let rec = realm
+        .run(json!({"template": "python-ds", "command": ["python3", "-c", code], "resources": {"memory_mib": 512}}))
+        .await;
+    assert!(rec["launched_from"].as_str().unwrap_or_default().starts_with("snapshot "), "{rec}");
+    assert_eq!(rec["exit_code"], 3, "{rec}");
+    let out = realm.logs(rec["id"].as_str().unwrap()).await;
+    assert_eq!(out.stdout, "True\n3\n", "stderr: {}", out.stderr);
+    let rec = realm
+        .run(json!({"template": "python-ds", "command": ["sh", "-c", "echo $$"], "resources": {"memory_mib": 512}}))
+        .await;
+    assert_eq!(rec["exit_code"], 0, "{rec}");
+    assert_eq!(
+        realm.logs(rec["id"].as_str().unwrap()).await.stdout,
+        "1\n",
+        "the command is the sandbox's first process"
+    );
 }

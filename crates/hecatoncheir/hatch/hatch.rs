@@ -5,8 +5,9 @@
 //! Built by `build.rs` as a static binary (it runs inside any template, with whatever libc the
 //! template has or has not) and mounted read-only at `/.tartarus/hatch`. The message, written by
 //! the agent (`crate::hatch::Order`), is a decimal byte count and a newline, then that many bytes
-//! of NUL-terminated fields: the program's path inside the sandbox, the working directory, the
-//! argument count, the arguments, then every `KEY=VALUE` of the environment.
+//! of NUL-terminated fields: the program's path inside the sandbox, the working directory, what
+//! the program's stdin is (`null`, or `door`: the door itself, for a resident that reads the next
+//! order), the argument count, the arguments, then every `KEY=VALUE` of the environment.
 //!
 //! Because it replaces itself (`execve`), the request's command is the sandbox's init exactly as
 //! when the sandbox boots with it: same pid, same signals, same exit status.
@@ -56,17 +57,24 @@ fn main() {
         Some((last, rest)) if last.is_empty() => rest,
         _ => fail(125, "malformed order"),
     };
-    let (program, cwd, argc) = match fields {
-        [p, c, n, ..] => (p, c, n.parse::<usize>().unwrap_or(usize::MAX)),
+    let (program, cwd, stdin, argc) = match fields {
+        [p, c, i, n, ..] => (p, c, i, n.parse::<usize>().unwrap_or(usize::MAX)),
         _ => fail(125, "malformed order"),
     };
-    let rest = &fields[3..];
+    let rest = &fields[4..];
     if argc == 0 || argc > rest.len() {
         fail(125, "malformed order: bad argument count");
     }
     let (argv, env) = rest.split_at(argc);
     let mut cmd = Command::new(program);
-    cmd.arg0(&argv[0]).args(&argv[1..]).env_clear().current_dir(cwd).stdin(Stdio::null());
+    cmd.arg0(&argv[0]).args(&argv[1..]).env_clear().current_dir(cwd);
+    match stdin.as_str() {
+        "door" => {}
+        "null" => {
+            cmd.stdin(Stdio::null());
+        }
+        other => fail(125, &format!("malformed order: stdin {other:?}")),
+    }
     for e in env {
         if let Some((k, v)) = e.split_once('=') {
             cmd.env(k, v);

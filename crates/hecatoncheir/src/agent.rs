@@ -1304,7 +1304,7 @@ impl Hecatoncheir {
             };
             if not_ours && !self.live.lock().expect("lock").contains_key(&id) {
                 info!(sandbox = %id, "releasing what a sandbox no longer on this node still held");
-                if let Err(e) = self.runtime.destroy(&id).await {
+                if let Err(e) = self.stop_and_destroy(&id).await {
                     warn!(sandbox = %id, error = %error_chain(&e), "releasing an ended sandbox failed");
                 }
                 if no_record {

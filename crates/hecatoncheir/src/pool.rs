@@ -60,6 +60,8 @@ pub(crate) struct Pools {
     failed: HashMap<TemplateName, Instant>,
     /// The shims of the ready sandboxes, handed over with them.
     shims: HashMap<SandboxId, ShimHandle>,
+    /// The agent is stopping: nothing more is pooled.
+    closed: bool,
 }
 
 impl Pools {
@@ -142,6 +144,9 @@ impl Hecatoncheir {
     /// One round of the keeper: releases unwanted pooled sandboxes, then starts missing ones
     /// (one at a time, while the node has room).
     pub(crate) async fn tend_pools(self: &Arc<Self>) {
+        if self.pools.lock().expect("lock").closed {
+            return;
+        }
         let templates = match self.state.templates.templates().await {
             Ok(t) => t,
             Err(e) => {
@@ -174,8 +179,19 @@ impl Hecatoncheir {
                 }
                 match self.fill_one(t).await {
                     Ok(p) => {
+                        let closed = {
+                            let mut pools = self.pools.lock().expect("lock");
+                            if !pools.closed {
+                                pools.ready.entry(t.name.clone()).or_default().push(p.clone());
+                            }
+                            pools.closed
+                        };
+                        if closed {
+                            // Started while the agent began to stop: nobody will take it.
+                            self.release_pooled(&p).await;
+                            return;
+                        }
                         info!(template = %t.name, sandbox = %p.id, from = %p.from(), "pooled sandbox ready");
-                        self.pools.lock().expect("lock").ready.entry(t.name.clone()).or_default().push(p);
                     }
                     Err(e) => {
                         warn!(template = %t.name, error = %error_chain(&e), "warm pool: starting a sandbox failed; retrying later");
@@ -299,9 +315,14 @@ impl Hecatoncheir {
         }
     }
 
-    /// Releases every pooled sandbox (the agent is stopping).
+    /// Releases every pooled sandbox and pools no more (the agent is stopping); a sandbox being
+    /// pooled right now is released as soon as it is ready.
     pub async fn empty_pools(&self) {
-        let all = self.pools.lock().expect("lock").drain();
+        let all = {
+            let mut pools = self.pools.lock().expect("lock");
+            pools.closed = true;
+            pools.drain()
+        };
         for p in all {
             self.release_pooled(&p).await;
         }

@@ -299,7 +299,13 @@ impl RawSetup {
         let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
         let program = tartarus_hecatoncheir::rootfs::find_program(&self.rootfs, &self.command[0], path_var, "/")
             .ok_or_else(|| format!("{:?} is not an executable in the template", self.command[0]))?;
-        let order = tartarus_hecatoncheir::hatch::Order { program, cwd: "/".into(), argv: self.command.clone(), env };
+        let order = tartarus_hecatoncheir::hatch::Order {
+            program,
+            cwd: "/".into(),
+            argv: self.command.clone(),
+            env,
+            keeps_door: false,
+        };
         let mut args = raw.flags.clone();
         args.extend(["restore".into(), format!("--image-path={}", image.display())]);
         args.extend(["--bundle".into(), raw.bundle.display().to_string(), raw.id.clone()]);
@@ -310,21 +316,26 @@ impl RawSetup {
                 .write(true)
                 .open(&door)
                 .map_err(|e| format!("cannot open {}: {e}", door.display()))?;
-            let child = tokio::process::Command::new(&self.info.path)
+            // A file, as in the realm: the checkpoint's stdout was one (a restored process keeps
+            // writing to it as to a file, which a pipe would refuse).
+            let log = raw.dir.join("stdout.log");
+            let stdout = std::fs::File::create(&log).map_err(|e| format!("cannot make {}: {e}", log.display()))?;
+            let mut child = tokio::process::Command::new(&self.info.path)
                 .args(&args)
                 .stdin(stdin)
-                .stdout(std::process::Stdio::piped())
+                .stdout(stdout)
                 .stderr(std::process::Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| format!("cannot run runsc restore: {e}"))?;
             tartarus_hecatoncheir::hatch::give(&door, &order).await.map_err(|e| format!("the door: {e}"))?;
-            let out = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
+            let status = tokio::time::timeout(RUN_LIMIT, child.wait())
                 .await
                 .map_err(|_| "runsc restore ran too long".to_owned())?
                 .map_err(|e| format!("runsc restore: {e}"))?;
             let elapsed = started.elapsed();
-            self.check(out.status.success(), "runsc restore", out.status, &out.stdout).map(|()| elapsed)
+            let printed = std::fs::read(&log).unwrap_or_default();
+            self.check(status.success(), "runsc restore", status, &printed).map(|()| elapsed)
         }
         .await;
         self.remove_raw(&raw).await;
