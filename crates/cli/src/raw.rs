@@ -24,48 +24,36 @@ pub fn default_platform(info: &RunscInfo) -> Platform {
 
 /// Writes `dir/config.json`: `command` over `rootfs`, default resources, cgroup `cgroup`.
 pub fn write_bundle(dir: &Path, rootfs: &Path, command: &[&str], cgroup: &str) -> std::io::Result<()> {
+    let command = command.iter().map(|s| s.to_string()).collect();
+    write(dir, rootfs, Some(command), false, cgroup)
+}
+
+/// Writes `dir/config.json` for a session (kept up by the host's busybox, as the realm's are),
+/// or with `door` for a sandbox whose first process is the hatch: the bundle a Nyx snapshot is
+/// restored with.
+pub fn write_session_bundle(dir: &Path, rootfs: &Path, door: bool, cgroup: &str) -> std::io::Result<()> {
+    write(dir, rootfs, None, door, cgroup)
+}
+
+fn write(dir: &Path, rootfs: &Path, command: Option<Vec<String>>, door: bool, cgroup: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let spec = LaunchSpec {
         id: SandboxId::generate(),
         rootfs: rootfs.to_owned(),
-        command: Some(command.iter().map(|s| s.to_string()).collect()),
+        command,
         env: env_list([&BTreeMap::new()]),
         workdir: "/".into(),
         user: (0, 0),
         resources: Resources::default(),
         netns: None,
-        door: false,
+        door,
     };
-    let config = bundle::config(&spec, Path::new("/bin/busybox"), &hatch_beside(dir)?, cgroup);
-    std::fs::write(dir.join("config.json"), config)
-}
-
-/// The hatch every bundle mounts, written once beside the bundles in `dir`'s parent.
-fn hatch_beside(dir: &Path) -> std::io::Result<PathBuf> {
+    // The hatch, written once beside the bundles (only door bundles mount it).
     let hatch = dir.parent().unwrap_or(dir).join("tartarus-hatch");
-    tartarus_hecatoncheir::hatch::install(&hatch)?;
-    Ok(hatch)
-}
-
-/// Writes `dir/config.json` for a session (kept up by the host's busybox, as the realm's are):
-/// the bundle a Nyx snapshot is restored with.
-pub fn write_session_bundle(dir: &Path, rootfs: &Path, cgroup: &str) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let spec = LaunchSpec {
-        id: SandboxId::generate(),
-        rootfs: rootfs.to_owned(),
-        command: None,
-        env: env_list([&BTreeMap::new()]),
-        workdir: "/".into(),
-        user: (0, 0),
-        resources: Resources::default(),
-        netns: None,
-        door: false,
-    };
-    std::fs::write(
-        dir.join("config.json"),
-        bundle::config(&spec, Path::new("/bin/busybox"), &hatch_beside(dir)?, cgroup),
-    )
+    if door {
+        tartarus_hecatoncheir::hatch::install(&hatch)?;
+    }
+    std::fs::write(dir.join("config.json"), bundle::config(&spec, Path::new("/bin/busybox"), &hatch, cgroup))
 }
 
 /// One `runsc run`, as asked.

@@ -545,7 +545,7 @@ impl Hecatoncheir {
             launch.netns = Some(attached.netns.clone());
             let info = tartarus_core::network::NetworkInfo {
                 address: attached.address.to_string(),
-                mode: "gvisor host network inside the sandbox's namespace".into(),
+                mode: self.runtime.network_mode().into(),
                 rules: attached.rules.clone(),
             };
             self.record(id, move |r| r.network = Some(info.clone())).await?;
@@ -559,7 +559,10 @@ impl Hecatoncheir {
                 .await;
         }
         if let Some(sleep) = rec.sleep.clone() {
-            // Hypnos's wake: the sandbox's own checkpoint, not a boot.
+            // Hypnos's wake: the sandbox's own checkpoint, not a boot, with the bundle it was
+            // started with (a door bundle when it came from a snapshot or a pool).
+            let from = rec.launched_from.as_deref().unwrap_or("cold");
+            launch.door = from.starts_with("snapshot") || from.starts_with("pool");
             let started = self.wake_here(&rec, &sleep, &launch, &dir).await;
             return self.launched(&rec, started, takes, settings, &dir, None).await;
         }

@@ -125,7 +125,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             address: Some(address.clone()),
             nyx: Some(tartarus_hecatoncheir::nyx::Nyx::new(data.join("nyx"), blobs.clone())),
             hypnos: Some(tartarus_hecatoncheir::nyx::Nyx::new(data.join("hypnos"), blobs)),
-            styx: daemon::styx(data).await,
+            styx: daemon::styx(data, &runtime).await,
             simulate_launch: simulate,
         },
         Arc::new(runtime),

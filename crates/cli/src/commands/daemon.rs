@@ -154,11 +154,21 @@ pub fn announce(lines: &[String]) -> anyhow::Result<()> {
 }
 
 /// Styx's networking on this node, or `None` (said on stderr) when its bridge and chains cannot
-/// be set up: sandboxes without a network contract still run.
-pub async fn styx(data: &Path) -> Option<std::sync::Arc<tartarus_hecatoncheir::styx::Styx>> {
+/// be set up: sandboxes without a network contract still run. With it, decides how gVisor uses
+/// each sandbox's namespace (netstack where this runsc can, host mode otherwise; said on stderr).
+pub async fn styx(data: &Path, runtime: &Gvisor) -> Option<std::sync::Arc<tartarus_hecatoncheir::styx::Styx>> {
     use tartarus_hecatoncheir::styx::{Styx, StyxConfig};
     match Styx::start(StyxConfig::new(data)).await {
-        Ok(s) => Some(std::sync::Arc::new(s)),
+        Ok(s) => {
+            let (mode, why) = runtime.probe_network(data);
+            match why {
+                None => eprintln!("tartarus: sandbox network mode: {}", mode.describe()),
+                Some(why) => {
+                    eprintln!("tartarus: sandbox network mode: {} (netstack unavailable: {why})", mode.describe())
+                }
+            }
+            Some(std::sync::Arc::new(s))
+        }
         Err(e) => {
             eprintln!("tartarus: sandbox networking unavailable (sandboxes with a network contract will fail): {e}");
             None

@@ -117,7 +117,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
     }
     checks.push(cgroups(Path::new("/sys/fs/cgroup")));
     checks.push(iptables().await);
-    checks.extend(networking(checks.iter().find(|c| c.name == "runsc").map(|c| c.detail.clone())).await);
+    checks.extend(networking(runs).await);
     checks.push(busybox(Path::new(BUSYBOX)));
     checks.push(data_dir(&g.data_dir));
     let mut redis_ok = true;
@@ -282,7 +282,7 @@ fn cgroups(mount: &Path) -> Check {
 
 /// Styx's needs: namespaces and veths (`ip`), isolated bridge ports (`bridge`), forwarding, and
 /// which network mode gVisor gets.
-async fn networking(runsc_detail: Option<String>) -> Vec<Check> {
+async fn networking(runs: bool) -> Vec<Check> {
     let mut out = Vec::new();
     let fix = "apt-get install iproute2";
     for tool in ["ip", "bridge"] {
@@ -317,16 +317,38 @@ async fn networking(runsc_detail: Option<String>) -> Vec<Check> {
         ),
     };
     out.push(bridge);
-    // runsc's netstack refuses this kernel in releases before 2024-08-01; host mode inside the
-    // sandbox's namespace is used instead.
-    let mode = match runsc_detail.as_deref().and_then(|d| d.split_whitespace().find_map(|w| w.strip_prefix("0.0~"))) {
-        Some(v) if v.get(..8).is_some_and(|d| d < "20240801") => {
-            "gVisor host network inside each sandbox's own namespace (this runsc's netstack refuses kernels 6.x)"
-        }
-        _ => "gVisor host network inside each sandbox's own namespace",
-    };
-    out.push(Check::ok("sandbox network mode", mode));
+    // The same probe an agent makes at start: a throwaway sandbox with gVisor's netstack in a
+    // throwaway namespace (runsc releases before 2024-08-01 refuse it on kernels 6.x).
+    if runs {
+        out.push(network_mode().await);
+    }
     out
+}
+
+/// Which network mode gVisor gets here, found by booting a throwaway sandbox with netstack.
+async fn network_mode() -> Check {
+    let probed = tokio::task::spawn_blocking(|| {
+        let tmp = tempfile::Builder::new().prefix("tartarus-doctor-").tempdir().map_err(|e| e.to_string())?;
+        let rt =
+            tartarus_hecatoncheir::runtime::gvisor::Gvisor::new(tartarus_hecatoncheir::runtime::gvisor::GvisorConfig {
+                runsc: None,
+                platform: None,
+                state_root: tmp.path().join("runsc"),
+                session_init: BUSYBOX.into(),
+                cgroup_mount: "/sys/fs/cgroup".into(),
+            })
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(rt.probe_network(tmp.path()))
+    })
+    .await;
+    match probed {
+        Ok(Ok((mode, None))) => Check::ok("sandbox network mode", mode.describe()),
+        Ok(Ok((mode, Some(why)))) => {
+            Check::ok("sandbox network mode", format!("{} (netstack refused: {why})", mode.describe()))
+        }
+        Ok(Err(e)) => Check::warn("sandbox network mode", e, "see the runsc check above"),
+        Err(e) => Check::warn("sandbox network mode", e.to_string(), "see the runsc check above"),
+    }
 }
 
 async fn iptables() -> Check {

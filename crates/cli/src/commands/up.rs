@@ -77,7 +77,7 @@ pub async fn execute(args: Args, g: &Global) -> anyhow::Result<i32> {
             address: None,
             nyx: Some(tartarus_hecatoncheir::nyx::Nyx::new(data.join("nyx"), blobs.clone())),
             hypnos: Some(tartarus_hecatoncheir::nyx::Nyx::new(data.join("hypnos"), blobs.clone())),
-            styx: daemon::styx(data).await,
+            styx: daemon::styx(data, &runtime).await,
             simulate_launch: None,
         },
         Arc::new(runtime),

@@ -140,6 +140,11 @@ pub trait Runtime: Send + Sync {
     /// Version and mode, e.g. `runsc 0.0~20240729.0, platform systrap`.
     fn describe(&self) -> String;
 
+    /// How a networked sandbox reaches its namespace's interface (what its record says).
+    fn network_mode(&self) -> &'static str {
+        "the runtime's own"
+    }
+
     /// Prepares the sandbox in `dir` (bundle, writable layer, cgroup) without running it,
     /// and returns the command that runs its main process to the end.
     async fn create(&self, spec: &LaunchSpec, dir: &SandboxDir) -> Result<MainCommand, RuntimeError>;

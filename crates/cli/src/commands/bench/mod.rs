@@ -291,7 +291,7 @@ impl RawSetup {
     /// to the exit; the sandbox is deleted afterwards, untimed.
     async fn restore_once(&self, label: &str) -> Result<Duration, String> {
         let image = self.image.as_ref().ok_or("no snapshot to restore")?;
-        let raw = self.raw_sandbox(label, "r")?;
+        let raw = self.raw_sandbox(label, "r", true)?;
         let door = raw.dir.join("door");
         nix::unistd::mkfifo(&door, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| format!("cannot make {}: {e}", door.display()))?;
@@ -346,7 +346,7 @@ impl RawSetup {
     /// the floor of the pool path, which runs the command in a sandbox kept ready. The sandbox
     /// is deleted afterwards, untimed.
     async fn exec_once(&self, label: &str) -> Result<Duration, String> {
-        let raw = self.raw_sandbox(label, "e")?;
+        let raw = self.raw_sandbox(label, "e", false)?;
         let mut start = raw.flags.clone();
         start.extend(["run".into(), "-detach".into(), "--bundle".into(), raw.bundle.display().to_string()]);
         start.push(raw.id.clone());
@@ -388,14 +388,15 @@ impl RawSetup {
         }
     }
 
-    /// A raw sandbox's bundle (a session's), writable layer and flags, made ready (untimed).
-    fn raw_sandbox(&self, label: &str, kind: &str) -> Result<RawSandbox, String> {
+    /// A raw sandbox's bundle (a session's, or with `door` a hatch's), writable layer and flags,
+    /// made ready (untimed).
+    fn raw_sandbox(&self, label: &str, kind: &str, door: bool) -> Result<RawSandbox, String> {
         let id = format!("tartarus-bench-{}-{kind}{label}", std::process::id());
         let dir = self.tmp.path().join("raw").join(&id);
         let bundle = self.tmp.path().join("bundles").join(&id);
         let upper = dir.join("upper");
         let cgroup = format!("{CGROUP_PARENT}/{id}");
-        raw::write_session_bundle(&bundle, &self.rootfs, &cgroup)
+        raw::write_session_bundle(&bundle, &self.rootfs, door, &cgroup)
             .map_err(|e| format!("cannot write the bundle {}: {e}", bundle.display()))?;
         std::fs::create_dir_all(&upper).map_err(|e| format!("cannot make {}: {e}", upper.display()))?;
         let state = self.tmp.path().join("state");

@@ -19,10 +19,12 @@ pub fn session_keeper() -> Vec<String> {
 /// The bundle's `config.json` for `spec`: the template as root (its writes go to the
 /// overlay), the request's process, limits, and a cgroup the agent has made already.
 ///
-/// Every sandbox gets the session keeper (`session_init`, a static busybox) and the hatch
-/// (`hatch`) mounted read-only under `/.tartarus`, whatever its first process: a sandbox started
-/// one way may be checkpointed and restored as another (Nyx, Hypnos), and a restore needs the
-/// mounts the checkpoint was taken with.
+/// Sessions get the session keeper (`session_init`, a static busybox) mounted read-only under
+/// `/.tartarus`; door sandboxes (Nyx, pools) get it and the hatch (`hatch`), since their order
+/// may be a session's keeper. A sandbox with a command gets neither: runsc's gofer creates a
+/// missing mount point in the template's own directory, which must stay untouched. (A restore
+/// needs the mounts its checkpoint was taken with: Hypnos wakes a door sandbox with a door
+/// bundle.)
 pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, hatch: &std::path::Path, cgroup: &str) -> String {
     let args = match &spec.command {
         _ if spec.door => vec![crate::hatch::IN_SANDBOX.to_owned()],
@@ -55,7 +57,12 @@ pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, hatch: &std::pa
         .expect("resources");
     let mut spec_out = Spec::default();
     let mut mounts: Vec<Mount> = spec_out.mounts().clone().unwrap_or_default();
-    for (destination, source) in [(SESSION_INIT, session_init), (crate::hatch::IN_SANDBOX, hatch)] {
+    let mounted = match (spec.door, &spec.command) {
+        (true, _) => vec![(SESSION_INIT, session_init), (crate::hatch::IN_SANDBOX, hatch)],
+        (false, None) => vec![(SESSION_INIT, session_init)],
+        (false, Some(_)) => Vec::new(),
+    };
+    for (destination, source) in mounted {
         mounts.push(
             MountBuilder::default()
                 .destination(destination)
@@ -121,7 +128,7 @@ mod tests {
     }
 
     #[test]
-    fn bundles_mount_the_keeper_and_the_hatch() {
+    fn sessions_and_door_sandboxes_mount_the_keeper_and_the_hatch_commands_nothing() {
         let mut spec = LaunchSpec {
             id: SandboxId::generate(),
             rootfs: "/t/rootfs".into(),
@@ -150,8 +157,10 @@ mod tests {
         assert_eq!(v["process"]["args"], serde_json::json!(["echo", "hi"]));
         let mounted =
             |v: &serde_json::Value, at: &str| v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == at);
-        assert!(mounted(&v, SESSION_INIT) && mounted(&v, crate::hatch::IN_SANDBOX));
+        assert!(!mounted(&v, SESSION_INIT) && !mounted(&v, crate::hatch::IN_SANDBOX), "nothing in a command's root");
         spec.door = true;
-        assert_eq!(config_of(&spec)["process"]["args"], serde_json::json!([crate::hatch::IN_SANDBOX]));
+        let v = config_of(&spec);
+        assert_eq!(v["process"]["args"], serde_json::json!([crate::hatch::IN_SANDBOX]));
+        assert!(mounted(&v, SESSION_INIT) && mounted(&v, crate::hatch::IN_SANDBOX));
     }
 }

@@ -148,6 +148,35 @@ pub fn sandbox_flags(state_root: &Path, platform: Platform, overlay: Option<Stri
     a
 }
 
+/// How a networked sandbox's gVisor uses the network namespace it is started in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// gVisor's own network stack (`--network=sandbox`): the namespace's interfaces are taken
+    /// over by the Sentry, whose netstack speaks for the sandbox.
+    Netstack,
+    /// The host kernel's stack of the sandbox's own namespace (`--network=host` inside it):
+    /// for runsc builds whose netstack refuses to start on this kernel.
+    Host,
+}
+
+impl NetworkMode {
+    /// The `runsc --network` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Netstack => "--network=sandbox",
+            Self::Host => "--network=host",
+        }
+    }
+
+    /// What a record and `doctor` say.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Netstack => "gvisor netstack inside the sandbox's namespace",
+            Self::Host => "gvisor host network inside the sandbox's namespace",
+        }
+    }
+}
+
 /// Finds a program on `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
@@ -167,6 +196,8 @@ pub struct Gvisor {
     /// Sandboxes handed over from a warm pool: the sandbox's id → the id `runsc` and the cgroup
     /// know it by. Kept on disk too ([`Gvisor::alias_dir`]), so a restarted agent finds them.
     aliases: Mutex<HashMap<SandboxId, SandboxId>>,
+    /// How networked sandboxes use their namespace (host until [`Gvisor::probe_network`]).
+    network: Mutex<NetworkMode>,
 }
 
 /// Creating the gVisor runtime failed.
@@ -225,7 +256,96 @@ impl Gvisor {
             cgroup_mount: cfg.cgroup_mount,
             cgroups,
             aliases: Mutex::new(aliases),
+            network: Mutex::new(NetworkMode::Host),
         })
+    }
+
+    /// Decides how networked sandboxes use their namespace: boots a throwaway sandbox with
+    /// gVisor's netstack inside a throwaway namespace (its first process is the hatch, which
+    /// ends at once); netstack if it booted, host mode otherwise. Blocking (a sandbox boot);
+    /// returns the mode and, for host mode, what runsc said.
+    pub fn probe_network(&self, scratch: &Path) -> (NetworkMode, Option<String>) {
+        let (mode, why) = match self.try_netstack(scratch) {
+            Ok(()) => (NetworkMode::Netstack, None),
+            Err(why) => (NetworkMode::Host, Some(why)),
+        };
+        *self.network.lock().expect("lock") = mode;
+        (mode, why)
+    }
+
+    /// The mode in use for networked sandboxes.
+    pub fn network_mode(&self) -> NetworkMode {
+        *self.network.lock().expect("lock")
+    }
+
+    fn try_netstack(&self, scratch: &Path) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let tag = format!("tt-probe-{}", std::process::id());
+        let dir = scratch.join(&tag);
+        let _ = std::fs::remove_dir_all(&dir);
+        let rootfs = dir.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
+        std::fs::create_dir_all(dir.join("bundle")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).output();
+        let _ = ip(&["netns", "del", &tag]);
+        match ip(&["netns", "add", &tag]) {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => return Err(format!("ip netns add: {}", String::from_utf8_lossy(&o.stderr).trim())),
+            Err(e) => return Err(format!("cannot run ip: {e}")),
+        }
+        let netns = PathBuf::from("/run/netns").join(&tag);
+        let cgroup = format!("/tartarus/{tag}");
+        let spec = LaunchSpec {
+            id: SandboxId::generate(),
+            rootfs,
+            command: Some(vec![crate::hatch::IN_SANDBOX.into()]),
+            env: Vec::new(),
+            workdir: "/".into(),
+            user: (0, 0),
+            resources: tartarus_core::Resources::default(),
+            netns: Some(netns.clone()),
+            door: false,
+        };
+        let result = (|| {
+            let config = bundle::config(&spec, &self.session_init, &self.hatch, &cgroup);
+            std::fs::write(dir.join("bundle/config.json"), config).map_err(|e| format!("writing the bundle: {e}"))?;
+            let ns = std::fs::File::open(&netns).map_err(|e| format!("{}: {e}", netns.display()))?;
+            let mut args = sandbox_flags(&dir.join("state"), self.platform, None);
+            for f in args.iter_mut().filter(|f| f.as_str() == "--network=none") {
+                *f = NetworkMode::Netstack.flag().into();
+            }
+            args.extend(["run".into(), "--bundle".into(), dir.join("bundle").display().to_string(), tag.clone()]);
+            let mut cmd = std::process::Command::new(&self.runsc.path);
+            cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+            // SAFETY: setns is async-signal-safe; it moves only the child about to exec runsc.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+                });
+            }
+            let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", self.runsc.path.display()))?;
+            let said = String::from_utf8_lossy(&out.stderr);
+            // The hatch, given no order, says so and ends: the sandbox booted with netstack.
+            if said.contains("tartarus hatch") {
+                return Ok(());
+            }
+            let tail: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).rev().take(2).collect();
+            Err(format!(
+                "runsc --network=sandbox {}: {}",
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            ))
+        })();
+        let state = dir.join("state").display().to_string();
+        let _ = std::process::Command::new(&self.runsc.path)
+            .args(["--root", &state, "delete", "--force", &tag])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = ip(&["netns", "del", &tag]);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = Cgroup::new(&self.cgroup_mount, self.cgroups, &cgroup).remove();
+        result
     }
 
     fn alias_dir_of(state_root: &Path) -> PathBuf {
@@ -317,8 +437,9 @@ impl Gvisor {
     fn sandbox_args(&self, dir: &SandboxDir, networked: bool) -> Vec<String> {
         let mut a = sandbox_flags(&self.state_root, self.platform, Some(overlay_flag(&self.runsc, &dir.writable())));
         if networked {
+            let mode = self.network_mode();
             for f in a.iter_mut().filter(|f| f.as_str() == "--network=none") {
-                *f = "--network=host".into();
+                *f = mode.flag().into();
             }
         }
         a
@@ -363,6 +484,10 @@ impl Gvisor {
 impl Runtime for Gvisor {
     fn name(&self) -> &'static str {
         "gvisor"
+    }
+
+    fn network_mode(&self) -> &'static str {
+        Gvisor::network_mode(self).describe()
     }
 
     fn describe(&self) -> String {
