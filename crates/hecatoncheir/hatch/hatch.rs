@@ -11,6 +11,9 @@
 //!
 //! Because it replaces itself (`execve`), the request's command is the sandbox's init exactly as
 //! when the sandbox boots with it: same pid, same signals, same exit status.
+//!
+//! Run as `hatch keep` (the order of a session, which has no command), it keeps the sandbox up
+//! for `exec` until it is killed.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -47,6 +50,11 @@ fn read_order(input: &mut impl Read) -> Vec<u8> {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("keep") {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
     let body = read_order(&mut std::io::stdin().lock());
     let fields: Vec<String> = body
         .split(|b| *b == 0)

@@ -26,7 +26,7 @@ pub const IN_SANDBOX: &str = "/.tartarus/hatch";
 
 /// The version of the door protocol; part of a runtime's description, so a snapshot made with
 /// another protocol (or none) is never restored.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// How long a door may stay unopened by its shim before an order is given up.
 const OPEN_LIMIT: Duration = Duration::from_secs(10);
@@ -74,10 +74,10 @@ pub struct Order {
 }
 
 impl Order {
-    /// The order running `spec`'s command (a session's keeper when it has none); `program` is the
-    /// command's program resolved inside the template.
+    /// The order running `spec`'s command, or for a session (no command) the hatch itself as its
+    /// keeper (`hatch keep`); `program` is the command's program resolved inside the template.
     pub fn of(spec: &LaunchSpec, program: Option<String>) -> Self {
-        let argv = spec.command.clone().unwrap_or_else(crate::runtime::gvisor::bundle::session_keeper);
+        let argv = spec.command.clone().unwrap_or_else(|| vec![IN_SANDBOX.to_owned(), "keep".to_owned()]);
         Self {
             program: program.unwrap_or_else(|| argv[0].clone()),
             cwd: spec.workdir.clone(),

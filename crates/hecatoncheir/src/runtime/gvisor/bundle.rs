@@ -20,8 +20,8 @@ pub fn session_keeper() -> Vec<String> {
 /// overlay), the request's process, limits, and a cgroup the agent has made already.
 ///
 /// Sessions get the session keeper (`session_init`, a static busybox) mounted read-only under
-/// `/.tartarus`; door sandboxes (Nyx, pools) get it and the hatch (`hatch`), since their order
-/// may be a session's keeper. A sandbox with a command gets neither: runsc's gofer creates a
+/// `/.tartarus`; door sandboxes (Nyx, pools) get the hatch (`hatch`) instead, which is its own
+/// session keeper (`hatch keep`). A sandbox with a command gets neither: runsc's gofer creates a
 /// missing mount point in the template's own directory, which must stay untouched. (A restore
 /// needs the mounts its checkpoint was taken with: Hypnos wakes a door sandbox with a door
 /// bundle.)
@@ -58,7 +58,7 @@ pub fn config(spec: &LaunchSpec, session_init: &std::path::Path, hatch: &std::pa
     let mut spec_out = Spec::default();
     let mut mounts: Vec<Mount> = spec_out.mounts().clone().unwrap_or_default();
     let mounted = match (spec.door, &spec.command) {
-        (true, _) => vec![(SESSION_INIT, session_init), (crate::hatch::IN_SANDBOX, hatch)],
+        (true, _) => vec![(crate::hatch::IN_SANDBOX, hatch)],
         (false, None) => vec![(SESSION_INIT, session_init)],
         (false, Some(_)) => Vec::new(),
     };
@@ -161,6 +161,6 @@ mod tests {
         spec.door = true;
         let v = config_of(&spec);
         assert_eq!(v["process"]["args"], serde_json::json!([crate::hatch::IN_SANDBOX]));
-        assert!(mounted(&v, SESSION_INIT) && mounted(&v, crate::hatch::IN_SANDBOX));
+        assert!(!mounted(&v, SESSION_INIT) && mounted(&v, crate::hatch::IN_SANDBOX));
     }
 }
