@@ -89,7 +89,7 @@ pub struct RawOutcome {
 impl RawRun<'_> {
     /// The argv after the program.
     pub fn args(&self) -> Vec<String> {
-        let mut a = gvisor::sandbox_flags(self.root, self.platform, self.overlay.clone());
+        let mut a = gvisor::sandbox_flags(self.root, self.platform, None, self.overlay.clone());
         a.extend(["run".to_owned(), "--bundle".to_owned(), self.bundle.display().to_string(), self.id.to_owned()]);
         a
     }

@@ -27,7 +27,7 @@ use tracing::{info, instrument, warn};
 
 use crate::lethe::SandboxDir;
 use crate::rootfs;
-use crate::runtime::{env_list, ExecSpec, LaunchSpec, Runtime, RuntimeError, RuntimeStatus};
+use crate::runtime::{env_list, path_of, ExecSpec, LaunchSpec, Runtime, RuntimeError, RuntimeStatus};
 use crate::shim::{is_shim_of, ShimExit, ShimHandle};
 use crate::thanatos::{Dying, MortemHook};
 use std::collections::BTreeMap;
@@ -502,8 +502,7 @@ impl Hecatoncheir {
         let env = settings.env(&BTreeMap::new());
         let mut program = None;
         if let Some(argv) = &command {
-            let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
-            program = rootfs::find_program(&template.rootfs, &argv[0], path_var, &settings.workdir);
+            program = rootfs::find_program(&template.rootfs, &argv[0], path_of(&env), &settings.workdir);
             if program.is_none() {
                 self.fail(
                     id,
@@ -720,8 +719,7 @@ impl Hecatoncheir {
         let python = match warming.preload.is_empty() {
             true => None,
             false => {
-                let path_var = launch.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
-                let found = rootfs::find_program(&template.rootfs, "python3", path_var, &settings.workdir);
+                let found = rootfs::find_program(&template.rootfs, "python3", path_of(&launch.env), &settings.workdir);
                 Some(found.ok_or_else(|| {
                     AgentError::Warm(format!("preloading needs python3, and template {name} has none on its PATH"))
                 })?)
@@ -800,7 +798,7 @@ impl Hecatoncheir {
             if said.lines().any(|l| l == crate::hatch::RESIDENT_READY) {
                 return Ok(());
             }
-            let tail: String = said.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail = last_chars(&said, 500);
             if shim.has_ended() {
                 return Err(AgentError::Warm(format!(
                     "the resident Python ended before it was ready: {}",
@@ -863,7 +861,7 @@ impl Hecatoncheir {
             Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
             _ => String::new(),
         };
-        let tail: String = said.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail = last_chars(&said, 500);
         Err(AgentError::Warm(format!("the warm-up command exited with {status}: {}", tail.trim())))
     }
 
@@ -1520,6 +1518,12 @@ async fn pump(
             }
         }
     }
+}
+
+/// The last `n` characters of `text`.
+fn last_chars(text: &str, n: usize) -> String {
+    let skip = text.chars().count().saturating_sub(n);
+    text.chars().skip(skip).collect()
 }
 
 /// An error with its causes, on one line.

@@ -254,14 +254,12 @@ impl Hecatoncheir {
 
     /// Ends a pooled sandbox that was never handed over and removes its directory.
     async fn release_pooled(&self, p: &Pooled) {
-        let shim = self.pools.lock().expect("lock").shims.remove(&p.id);
+        // Its shim handle, if this agent has it, is let go: the wait below covers every shim.
+        drop(self.pools.lock().expect("lock").shims.remove(&p.id));
         if let Err(e) = self.stop_and_destroy(&p.id).await {
             warn!(sandbox = %p.id, error = %error_chain(&e), "releasing a pooled sandbox failed");
         }
-        if let Some(mut shim) = shim {
-            let _ = tokio::time::timeout(Duration::from_secs(2), shim.wait()).await;
-        }
-        // A booted one's shim records its exit in the directory as it goes: let it finish first.
+        // Its shim records its exit in the directory as it goes: let it finish first.
         let dir = self.dir(&p.id);
         let shim = std::fs::read_to_string(dir.pid_file()).ok().and_then(|p| p.trim().parse::<u32>().ok());
         let give_up = Instant::now() + Duration::from_secs(2);

@@ -4,6 +4,8 @@
 //! Needs root, `ip` and `iptables`. Under `CI=true` a missing prerequisite fails the test naming
 //! it; elsewhere the test is skipped.
 
+mod common;
+
 use std::process::Command;
 
 use tartarus_core::network::EgressRule;
@@ -13,21 +15,14 @@ use tartarus_hecatoncheir::styx::{Styx, StyxConfig};
 fn prerequisites() -> bool {
     let mut missing = Vec::new();
     if !nix::unistd::geteuid().is_root() {
-        missing.push("root");
+        missing.push("root".to_owned());
     }
     for tool in ["ip", "iptables", "iptables-restore"] {
         if Command::new(tool).arg("-V").output().is_err() {
-            missing.push(tool);
+            missing.push(tool.to_owned());
         }
     }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisites: {}", missing.join(", "));
-    }
-    eprintln!("skipping: missing {}", missing.join(", "));
-    false
+    common::prerequisites_met(&missing)
 }
 
 fn text(args: &[&str]) -> String {

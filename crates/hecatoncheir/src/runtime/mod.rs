@@ -229,6 +229,11 @@ pub trait Runtime: Send + Sync {
     }
 }
 
+/// The `PATH` of a `KEY=VALUE` environment (empty without one).
+pub fn path_of(env: &[String]) -> &str {
+    env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default()
+}
+
 /// Joins environment maps into `KEY=VALUE` strings, later maps overriding earlier ones.
 pub fn env_list<'a>(maps: impl IntoIterator<Item = &'a BTreeMap<String, String>>) -> Vec<String> {
     let mut merged = BTreeMap::new();

@@ -296,8 +296,8 @@ impl RawSetup {
         nix::unistd::mkfifo(&door, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| format!("cannot make {}: {e}", door.display()))?;
         let env = tartarus_hecatoncheir::runtime::env_list([&std::collections::BTreeMap::new()]);
-        let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
-        let program = tartarus_hecatoncheir::rootfs::find_program(&self.rootfs, &self.command[0], path_var, "/")
+        let path = tartarus_hecatoncheir::runtime::path_of(&env);
+        let program = tartarus_hecatoncheir::rootfs::find_program(&self.rootfs, &self.command[0], path, "/")
             .ok_or_else(|| format!("{:?} is not an executable in the template", self.command[0]))?;
         let order = tartarus_hecatoncheir::hatch::Order {
             program,
@@ -401,7 +401,7 @@ impl RawSetup {
         std::fs::create_dir_all(&upper).map_err(|e| format!("cannot make {}: {e}", upper.display()))?;
         let state = self.tmp.path().join("state");
         let overlay = tartarus_hecatoncheir::runtime::gvisor::overlay_flag(&self.info, &upper);
-        let flags = tartarus_hecatoncheir::runtime::gvisor::sandbox_flags(&state, self.platform, Some(overlay));
+        let flags = tartarus_hecatoncheir::runtime::gvisor::sandbox_flags(&state, self.platform, None, Some(overlay));
         Ok(RawSandbox { id, dir, bundle, state, cgroup, flags })
     }
 

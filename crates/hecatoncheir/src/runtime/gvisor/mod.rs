@@ -136,13 +136,19 @@ pub fn overlay_flag(runsc: &RunscInfo, writable: &Path) -> String {
     }
 }
 
-/// The global `runsc` flags of a new sandbox: state root, platform, no network, and `overlay`.
-pub fn sandbox_flags(state_root: &Path, platform: Platform, overlay: Option<String>) -> Vec<String> {
+/// The global `runsc` flags of a new sandbox: state root, platform, network (none, or `network`
+/// in the namespace runsc is started in), and `overlay`.
+pub fn sandbox_flags(
+    state_root: &Path,
+    platform: Platform,
+    network: Option<NetworkMode>,
+    overlay: Option<String>,
+) -> Vec<String> {
     let mut a = vec![
         "--root".to_owned(),
         state_root.display().to_string(),
         format!("--platform={}", platform.as_str()),
-        "--network=none".to_owned(),
+        network.map_or("--network=none", NetworkMode::flag).to_owned(),
     ];
     a.extend(overlay);
     a
@@ -310,10 +316,7 @@ impl Gvisor {
             let config = bundle::config(&spec, &self.session_init, &self.hatch, &cgroup);
             std::fs::write(dir.join("bundle/config.json"), config).map_err(|e| format!("writing the bundle: {e}"))?;
             let ns = std::fs::File::open(&netns).map_err(|e| format!("{}: {e}", netns.display()))?;
-            let mut args = sandbox_flags(&dir.join("state"), self.platform, None);
-            for f in args.iter_mut().filter(|f| f.as_str() == "--network=none") {
-                *f = NetworkMode::Netstack.flag().into();
-            }
+            let mut args = sandbox_flags(&dir.join("state"), self.platform, Some(NetworkMode::Netstack), None);
             args.extend(["run".into(), "--bundle".into(), dir.join("bundle").display().to_string(), tag.clone()]);
             let mut cmd = std::process::Command::new(&self.runsc.path);
             cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -435,14 +438,8 @@ impl Gvisor {
     /// the netstack mode (`--network=sandbox`) of the runsc builds Debian offers refuses to start
     /// on kernels 6.x, and `host` inside the namespace confines it just the same.
     fn sandbox_args(&self, dir: &SandboxDir, networked: bool) -> Vec<String> {
-        let mut a = sandbox_flags(&self.state_root, self.platform, Some(overlay_flag(&self.runsc, &dir.writable())));
-        if networked {
-            let mode = self.network_mode();
-            for f in a.iter_mut().filter(|f| f.as_str() == "--network=none") {
-                *f = mode.flag().into();
-            }
-        }
-        a
+        let network = networked.then(|| self.network_mode());
+        sandbox_flags(&self.state_root, self.platform, network, Some(overlay_flag(&self.runsc, &dir.writable())))
     }
 
     fn command(&self, args: &[String]) -> Command {
