@@ -213,8 +213,12 @@ impl Warming {
         Self { command: snapshot.warm_command.clone(), preload: snapshot.preload.clone() }
     }
 
-    /// Checks the preload list: at most 64 dotted Python module names.
+    /// Checks it: a command that names a program, and a preload list of at most 64 dotted
+    /// Python module names.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(argv) = &self.command {
+            crate::soul::validate_command("command", argv).map_err(|e| e.to_string())?;
+        }
         if self.preload.len() > 64 {
             return Err(format!("preload: at most 64 modules, not {}", self.preload.len()));
         }
@@ -241,6 +245,8 @@ mod tests {
     fn preload_names_are_python_module_names() {
         let w = |m: &[&str]| Warming { command: None, preload: m.iter().map(|s| s.to_string()).collect() };
         assert!(w(&["pandas", "os.path", "_x1"]).validate().is_ok());
+        let empty = Warming { command: Some(vec![" ".into()]), preload: Vec::new() };
+        assert!(empty.validate().unwrap_err().contains("command"), "an empty warm-up command");
         for bad in ["", "a-b", "1x", "a..b", "x;import os", "a b"] {
             assert!(w(&[bad]).validate().is_err(), "{bad}");
         }

@@ -554,9 +554,6 @@ pub async fn warm(
     Body(req): Body<tartarus_core::Warming>,
 ) -> Result<(StatusCode, Json<tartarus_core::SnapshotInfo>), ApiError> {
     let name = TemplateName::parse(&name).map_err(|_| ApiError::TemplateNotFound(format!("no template {name:?}")))?;
-    if let Some(argv) = &req.command {
-        tartarus_core::soul::validate_command("command", argv).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    }
     req.validate().map_err(ApiError::InvalidRequest)?;
     let _guard = ctx.imports.lock().await;
     if ctx.state.templates.template(&name).await?.is_none() {
